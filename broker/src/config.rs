@@ -1,0 +1,173 @@
+//! Broker configuration: every limit has a default, every default is bounded (invariant 10).
+//!
+//! The same struct is read from `tandem.toml` (serde, unknown keys refused) and built in code by
+//! embedders. [`BrokerConfig::validate`] names the key and the fix for every problem.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the broker needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Native protocol listener; `None`: in-process connections only.
+    pub listen: Option<SocketAddr>,
+    /// HTTP listener for `/health` and `/metrics`; `None`: off.
+    pub http: Option<SocketAddr>,
+    /// Where the journal and metadata live.
+    pub data_dir: PathBuf,
+    /// Name reported in `/health` and the Connected frame.
+    pub name: String,
+    /// Most simultaneous connections (TCP and in-process together).
+    pub max_connections: usize,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame_size: usize,
+    /// Largest encoded message accepted, in bytes.
+    pub max_message_size: usize,
+    /// The heartbeat interval the server asks for, in ms; 0: none.
+    pub heartbeat_ms: u64,
+    /// Close a connection that sent nothing for this long, in ms, even without heartbeats; 0: never.
+    pub idle_timeout_ms: u64,
+    /// Time a new connection has to send Connect, in ms.
+    pub handshake_timeout_ms: u64,
+    /// Create queues and topics on first use.
+    pub auto_create: bool,
+    /// Memory budget of one destination's queued messages, in bytes (each subscription of a topic
+    /// counts as its own destination).
+    pub destination_memory_limit: usize,
+    /// How long a send to a full destination waits for room before failing with DestinationFull, in
+    /// ms; 0: fail at once.
+    pub producer_block_timeout_ms: u64,
+    /// How long shutdown waits for connections to flush and close, in ms.
+    pub shutdown_timeout_ms: u64,
+    /// Queues that exist from the start (with auto_create off, the only ones).
+    pub queues: Vec<String>,
+    /// Topics that exist from the start.
+    pub topics: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 61616))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8161))),
+            data_dir: PathBuf::from("data"),
+            name: "tandem".into(),
+            max_connections: 1024,
+            max_frame_size: tandem_protocol::DEFAULT_MAX_FRAME_SIZE,
+            max_message_size: tandem_protocol::DEFAULT_MAX_FRAME_SIZE - 1024,
+            heartbeat_ms: 10_000,
+            idle_timeout_ms: 0,
+            handshake_timeout_ms: 10_000,
+            auto_create: true,
+            destination_memory_limit: 256 * 1024 * 1024,
+            producer_block_timeout_ms: 5_000,
+            shutdown_timeout_ms: 5_000,
+            queues: Vec::new(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem: the key, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl BrokerConfig {
+    /// A configuration for tests and embedding: no TCP, no HTTP, small timeouts.
+    pub fn embedded() -> BrokerConfig {
+        BrokerConfig { listen: None, http: None, ..BrokerConfig::default() }
+    }
+
+    /// Checks every bound; returns all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut check = |ok: bool, key: &'static str, problem: String| {
+            if !ok {
+                errs.push(ConfigError { key, problem });
+            }
+        };
+        check(self.max_connections >= 1, "max_connections", "must be at least 1".into());
+        check(
+            (1024..=u32::MAX as usize).contains(&self.max_frame_size),
+            "max_frame_size",
+            format!("must be between 1024 and {} bytes (got {})", u32::MAX, self.max_frame_size),
+        );
+        check(
+            self.max_message_size >= 1 && self.max_message_size < self.max_frame_size,
+            "max_message_size",
+            format!(
+                "must be at least 1 and below max_frame_size ({}) to leave room for the frame \
+                 header (got {})",
+                self.max_frame_size, self.max_message_size
+            ),
+        );
+        check(
+            self.destination_memory_limit >= self.max_message_size.min(1 << 20),
+            "destination_memory_limit",
+            "must hold at least one message of max_message_size (or 1 MiB)".into(),
+        );
+        check(
+            self.handshake_timeout_ms >= 100,
+            "handshake_timeout_ms",
+            "must be at least 100 ms".into(),
+        );
+        check(
+            self.heartbeat_ms == 0 || self.heartbeat_ms >= 100,
+            "heartbeat_ms",
+            "must be 0 (off) or at least 100 ms".into(),
+        );
+        check(!self.name.is_empty(), "name", "must not be empty".into());
+        for q in &self.queues {
+            if let Err(e) = tandem_protocol::model::Destination::queue(q) {
+                errs.push(ConfigError { key: "queues", problem: e.to_string() });
+            }
+        }
+        for t in &self.topics {
+            if let Err(e) = tandem_protocol::model::Destination::topic(t) {
+                errs.push(ConfigError { key: "topics", problem: e.to_string() });
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    pub(crate) fn producer_block_timeout(&self) -> Duration {
+        Duration::from_millis(self.producer_block_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        BrokerConfig::default().validate().unwrap();
+        BrokerConfig::embedded().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let c = BrokerConfig {
+            max_connections: 0,
+            max_frame_size: 10,
+            heartbeat_ms: 5,
+            ..BrokerConfig::default()
+        };
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key).collect();
+        assert!(keys.contains(&"max_connections"));
+        assert!(keys.contains(&"max_frame_size"));
+        assert!(keys.contains(&"max_message_size"));
+        assert!(keys.contains(&"heartbeat_ms"));
+    }
+}

@@ -1,0 +1,647 @@
+//! One client connection, transport-agnostic: frames in (a `Stream` from the TCP codec or an
+//! in-process link), frames out (the [`Outbound`] channel to the connection's writer).
+//!
+//! The connection task owns its sessions, producers and consumers. Dispatchers reach consumers and
+//! sessions through shared handles (see `session.rs` for the lock order). Requests are answered in
+//! the order they arrive; a send to a full destination holds this connection's input (not the
+//! broker) for up to the producer block timeout.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tandem_protocol::model::Destination;
+use tandem_protocol::wire::{self, AckKind, AckMode};
+use tandem_protocol::{CodecError, ErrorCode, Frame, PROTOCOL_VERSION};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::broker::BrokerInner;
+use crate::message::{BrokerMessage, Refusal, now_ms};
+use crate::queue::Queue;
+use crate::session::{ConsumerShared, Outbound, SessionShared, Unacked};
+use crate::topic::{Subscription, Topic};
+
+struct Producer {
+    destination: Option<Destination>,
+}
+
+enum Attachment {
+    Queue(Arc<Queue>),
+    Topic { topic: Arc<Topic>, queue: Arc<Queue> },
+}
+
+impl Attachment {
+    fn queue(&self) -> &Arc<Queue> {
+        match self {
+            Attachment::Queue(q) => q,
+            Attachment::Topic { queue, .. } => queue,
+        }
+    }
+}
+
+struct Consumer {
+    shared: Arc<ConsumerShared>,
+    attachment: Attachment,
+}
+
+struct Connection {
+    inner: Arc<BrokerInner>,
+    id: u64,
+    out: Outbound,
+    client_id: Option<String>,
+    sessions: HashMap<u64, Arc<SessionShared>>,
+    producers: HashMap<u64, Producer>,
+    consumers: HashMap<u64, Consumer>,
+}
+
+/// Serves one connection until the peer leaves, an error closes it, or the broker shuts down.
+pub(crate) async fn run<S>(
+    inner: Arc<BrokerInner>,
+    mut inbound: S,
+    out: Outbound,
+    peer: String,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: Stream<Item = Result<Frame, CodecError>> + Unpin,
+{
+    let id = inner.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    inner.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("conn", id, %peer);
+    let _e = span.enter();
+    let Some((client_id, heartbeat)) = handshake(&inner, &mut inbound, &out, id).await else {
+        return;
+    };
+    tracing::debug!(?client_id, ?heartbeat, "connected");
+    let mut conn = Connection {
+        inner,
+        id,
+        out,
+        client_id,
+        sessions: HashMap::new(),
+        producers: HashMap::new(),
+        consumers: HashMap::new(),
+    };
+    conn.serve(&mut inbound, heartbeat).await;
+    conn.cleanup();
+}
+
+fn fatal(out: &Outbound, code: ErrorCode, message: String) {
+    let _ = out.send(Frame::error(0, code, message.clone()));
+    let _ = out.send(Frame::Close(wire::Close { code: code.code(), message }));
+}
+
+async fn handshake<S>(
+    inner: &BrokerInner,
+    inbound: &mut S,
+    out: &Outbound,
+    id: u64,
+) -> Option<(Option<String>, Duration)>
+where
+    S: Stream<Item = Result<Frame, CodecError>> + Unpin,
+{
+    let limit = Duration::from_millis(inner.config.handshake_timeout_ms);
+    let first = tokio::select! {
+        _ = inner.shutdown.cancelled() => {
+            fatal(out, ErrorCode::ShuttingDown, "the broker is shutting down".into());
+            return None;
+        }
+        r = tokio::time::timeout(limit, inbound.next()) => r,
+    };
+    let c = match first {
+        Err(_) => {
+            fatal(out, ErrorCode::IllegalState, format!("no Connect frame within {limit:?}"));
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            fatal(out, e.error_code(), e.to_string());
+            return None;
+        }
+        Ok(Some(Ok(Frame::Connect(c)))) => c,
+        Ok(Some(Ok(other))) => {
+            fatal(
+                out,
+                ErrorCode::IllegalState,
+                format!("the first frame must be Connect, not {:?}", other.frame_type()),
+            );
+            return None;
+        }
+    };
+    if c.min_version > PROTOCOL_VERSION || c.max_version < PROTOCOL_VERSION {
+        fatal(
+            out,
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks versions {}..={}, this server speaks {PROTOCOL_VERSION}",
+                c.min_version, c.max_version
+            ),
+        );
+        return None;
+    }
+    let client_id = (!c.client_id.is_empty()).then(|| c.client_id.clone());
+    if let Some(cid) = &client_id {
+        if !inner.client_ids.lock().insert(cid.clone()) {
+            fatal(out, ErrorCode::ClientIdInUse, format!("client id {cid:?} is already connected"));
+            return None;
+        }
+    }
+    let server_hb = inner.config.heartbeat_ms;
+    let agreed = if c.heartbeat_ms == 0 || server_hb == 0 {
+        0
+    } else {
+        u64::from(c.heartbeat_ms).max(server_hb)
+    };
+    let _ = out.send(Frame::Connected(wire::Connected {
+        version: PROTOCOL_VERSION,
+        server: format!("tandem/{}", env!("CARGO_PKG_VERSION")),
+        connection_id: id,
+        heartbeat_ms: agreed.min(u64::from(u32::MAX)) as u32,
+        max_frame_size: inner.config.max_frame_size.min(u32::MAX as usize) as u32,
+    }));
+    Some((client_id, Duration::from_millis(agreed)))
+}
+
+impl Connection {
+    async fn serve<S>(&mut self, inbound: &mut S, heartbeat: Duration)
+    where
+        S: Stream<Item = Result<Frame, CodecError>> + Unpin,
+    {
+        let idle_cfg = Duration::from_millis(self.inner.config.idle_timeout_ms);
+        // Silence allowed: three heartbeats, or the configured idle timeout, whichever is shorter.
+        let silence = [heartbeat * 3, idle_cfg].into_iter().filter(|d| !d.is_zero()).min();
+        let tick_every = match (heartbeat.is_zero(), silence) {
+            (false, _) => Some(heartbeat),
+            (true, Some(s)) => Some((s / 4).max(Duration::from_millis(10))),
+            (true, None) => None,
+        };
+        let mut ticker = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut last_rx = Instant::now();
+        let mut nonce = 0u64;
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.close(ErrorCode::ShuttingDown, "the broker is shutting down");
+                    return;
+                }
+                f = inbound.next() => match f {
+                    None => return,
+                    Some(Err(e)) => {
+                        self.inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "closing on a bad frame");
+                        fatal(&self.out, e.error_code(), e.to_string());
+                        return;
+                    }
+                    Some(Ok(frame)) => {
+                        last_rx = Instant::now();
+                        if self.handle(frame).await.is_break() {
+                            return;
+                        }
+                    }
+                },
+                _ = ticker.tick(), if tick_every.is_some() => {
+                    if let Some(s) = silence {
+                        if last_rx.elapsed() > s {
+                            self.close(ErrorCode::IdleTimeout, &format!("nothing received for {s:?}"));
+                            return;
+                        }
+                    }
+                    if !heartbeat.is_zero() {
+                        nonce += 1;
+                        let _ = self.out.send(Frame::Ping(wire::Ping { nonce }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn close(&self, code: ErrorCode, message: &str) {
+        let _ = self.out.send(Frame::Close(wire::Close { code: code.code(), message: message.into() }));
+    }
+
+    fn reply(&self, request_id: u64, result: Result<(), Refusal>) {
+        let frame = match result {
+            Ok(()) => Frame::Ok(wire::Ok { request_id }),
+            Err(r) => Frame::error(request_id, r.code, r.message),
+        };
+        let _ = self.out.send(frame);
+    }
+
+    async fn handle(&mut self, frame: Frame) -> ControlFlow<()> {
+        match frame {
+            Frame::Send(s) => self.on_send(s).await,
+            Frame::Ack(a) => {
+                let r = self.on_ack(&a);
+                self.answer_optional(a.request_id, r);
+            }
+            Frame::Nack(n) => {
+                let r = self.on_nack(&n);
+                self.answer_optional(n.request_id, r);
+            }
+            Frame::Flow(f) => {
+                if let Some(c) = self.consumers.get(&f.consumer_id) {
+                    c.attachment.queue().add_credit(f.consumer_id, f.credit, now_ms());
+                } else {
+                    self.reply(0, Err(unknown_consumer(f.consumer_id)));
+                }
+            }
+            Frame::SessionOpen(s) => {
+                let r = self.on_session_open(&s);
+                self.reply(s.request_id, r);
+            }
+            Frame::SessionClose(s) => {
+                let r = self.on_session_close(s.session_id);
+                self.reply(s.request_id, r);
+            }
+            Frame::ProducerOpen(p) => {
+                let r = self.on_producer_open(&p);
+                self.reply(p.request_id, r);
+            }
+            Frame::ProducerClose(p) => {
+                let r = match self.producers.remove(&p.producer_id) {
+                    Some(_) => Ok(()),
+                    None => Err(Refusal::new(
+                        ErrorCode::UnknownProducer,
+                        format!("producer {} is not open", p.producer_id),
+                    )),
+                };
+                self.reply(p.request_id, r);
+            }
+            Frame::ConsumerOpen(c) => {
+                let r = self.on_consumer_open(&c);
+                self.reply(c.request_id, r);
+                if let Some(c) = self.consumers.get(&c.consumer_id) {
+                    // Attach only after the Ok is queued, so no delivery overtakes it.
+                    c.attachment.queue().add_consumer(c.shared.clone(), now_ms());
+                }
+            }
+            Frame::ConsumerClose(c) => {
+                let r = self.on_consumer_close(c.consumer_id, Some(c.last_consumed));
+                self.reply(c.request_id, r);
+            }
+            Frame::TxBegin(t) => self.reply(t.request_id, Err(no_transactions())),
+            Frame::TxCommit(t) => self.reply(t.request_id, Err(no_transactions())),
+            Frame::TxRollback(t) => self.reply(t.request_id, Err(no_transactions())),
+            Frame::Ping(p) => {
+                let _ = self.out.send(Frame::Pong(wire::Pong { nonce: p.nonce }));
+            }
+            Frame::Pong(_) => {}
+            Frame::Close(_) => {
+                let _ = self.out.send(Frame::Close(wire::Close { code: 0, message: "bye".into() }));
+                return ControlFlow::Break(());
+            }
+            other => {
+                self.inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                fatal(
+                    &self.out,
+                    ErrorCode::IllegalState,
+                    format!("{:?} is not a frame a client sends here", other.frame_type()),
+                );
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn answer_optional(&self, request_id: u64, r: Result<(), Refusal>) {
+        if request_id != 0 || r.is_err() {
+            self.reply(request_id, r);
+        }
+    }
+
+    fn on_session_open(&mut self, s: &wire::SessionOpen) -> Result<(), Refusal> {
+        if s.session_id == 0 || self.sessions.contains_key(&s.session_id) {
+            return Err(illegal(format!("session id {} is zero or already open", s.session_id)));
+        }
+        match AckMode::try_from(s.ack_mode) {
+            Ok(AckMode::Transacted) => return Err(no_transactions()),
+            Ok(_) => {}
+            Err(_) => return Err(illegal(format!("unknown ack mode {}", s.ack_mode))),
+        }
+        self.sessions.insert(s.session_id, SessionShared::new(s.session_id));
+        Ok(())
+    }
+
+    fn on_producer_open(&mut self, p: &wire::ProducerOpen) -> Result<(), Refusal> {
+        if !self.sessions.contains_key(&p.session_id) {
+            return Err(unknown_session(p.session_id));
+        }
+        if p.producer_id == 0 || self.producers.contains_key(&p.producer_id) {
+            return Err(illegal(format!("producer id {} is zero or already open", p.producer_id)));
+        }
+        let destination = p.destination.as_ref().map(parse_destination).transpose()?;
+        if let Some(d) = &destination {
+            self.inner.ensure(d)?;
+        }
+        self.producers.insert(p.producer_id, Producer { destination });
+        Ok(())
+    }
+
+    async fn on_send(&mut self, s: wire::Send) {
+        let (producer_id, sequence, receipt) = (s.producer_id, s.sequence, s.receipt);
+        let result = self.accept(s).await;
+        let frame = match result {
+            Ok(()) if receipt => Frame::SendReceipt(wire::SendReceipt { producer_id, sequence }),
+            Ok(()) => return,
+            Err(r) => {
+                self.inner.stats.sends_refused.fetch_add(1, Ordering::Relaxed);
+                Frame::SendFailure(wire::SendFailure {
+                    producer_id,
+                    sequence,
+                    code: r.code.code(),
+                    message: r.message,
+                })
+            }
+        };
+        let _ = self.out.send(frame);
+    }
+
+    async fn accept(&mut self, s: wire::Send) -> Result<(), Refusal> {
+        let Some(producer) = self.producers.get(&s.producer_id) else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownProducer,
+                format!("producer {} is not open", s.producer_id),
+            ));
+        };
+        let now = now_ms();
+        let id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let msg =
+            BrokerMessage::parse(id, s.message, self.id, self.inner.config.max_message_size, now)?;
+        if let Some(d) = &producer.destination {
+            if *d != msg.destination {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidDestination,
+                    format!("message names {} but the producer sends to {d}", msg.destination),
+                ));
+            }
+        }
+        let (targets, topic) = if msg.destination.kind().is_queue() {
+            (vec![self.inner.queue(&msg.destination)?], None)
+        } else {
+            let t = self.inner.topic(&msg.destination)?;
+            (t.route(&msg), Some(t))
+        };
+        self.inner.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if msg.is_expired(now) {
+            // JMS lets a provider drop a message that expired before delivery.
+            return Ok(());
+        }
+        let size = msg.size();
+        let block = self.inner.config.producer_block_timeout();
+        let deadline = Instant::now() + block;
+        for q in &targets {
+            if !q.has_room(size) && (block.is_zero() || !q.wait_for_room(size, deadline).await) {
+                let snap = q.snapshot();
+                return Err(Refusal::new(
+                    ErrorCode::DestinationFull,
+                    format!(
+                        "{} is full: {} bytes queued, limit {} bytes; waited {} ms for room",
+                        msg.destination,
+                        snap.memory,
+                        self.inner.config.destination_memory_limit,
+                        block.as_millis()
+                    ),
+                ));
+            }
+        }
+        if msg.persistent {
+            let names: Vec<&str> = targets.iter().map(|q| &**q.name()).collect();
+            self.inner
+                .store
+                .store(&msg, &names)
+                .await
+                .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.to_string()))?;
+        }
+        let msg = Arc::new(msg);
+        let now = now_ms();
+        for q in &targets {
+            q.enqueue(msg.clone(), now);
+        }
+        if let Some(t) = topic {
+            t.published();
+        }
+        Ok(())
+    }
+
+    fn on_consumer_open(&mut self, c: &wire::ConsumerOpen) -> Result<(), Refusal> {
+        let Some(session) = self.sessions.get(&c.session_id) else {
+            return Err(unknown_session(c.session_id));
+        };
+        if c.consumer_id == 0 || self.consumers.contains_key(&c.consumer_id) {
+            return Err(illegal(format!("consumer id {} is zero or already open", c.consumer_id)));
+        }
+        let Some(dest) = &c.destination else {
+            return Err(Refusal::new(ErrorCode::InvalidDestination, "no destination"));
+        };
+        let dest = parse_destination(dest)?;
+        if !c.selector.trim().is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "message selectors are not supported yet",
+            ));
+        }
+        if c.durable || c.shared || !c.subscription_name.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "durable and shared subscriptions are not supported yet",
+            ));
+        }
+        if c.browser {
+            return Err(Refusal::new(ErrorCode::NotImplemented, "queue browsers are not supported yet"));
+        }
+        let shared = ConsumerShared::new(
+            c.consumer_id,
+            self.id,
+            session.clone(),
+            c.prefetch,
+            self.out.clone(),
+        );
+        let attachment = if dest.kind().is_queue() {
+            Attachment::Queue(self.inner.queue(&dest)?)
+        } else {
+            let topic = self.inner.topic(&dest)?;
+            let name: Arc<str> = format!("{}:sub:{}:{}", dest.name(), self.id, c.consumer_id).into();
+            let queue = Queue::new(name, self.inner.config.destination_memory_limit);
+            topic.subscribe(Arc::new(Subscription {
+                consumer_key: (self.id, c.consumer_id),
+                queue: queue.clone(),
+                no_local_connection: c.no_local.then_some(self.id),
+            }));
+            Attachment::Topic { topic, queue }
+        };
+        self.consumers.insert(c.consumer_id, Consumer { shared, attachment });
+        Ok(())
+    }
+
+    /// Closes a consumer. Deliveries after `last_consumed` go back unseen; with `None` every
+    /// delivery stays with the session.
+    fn on_consumer_close(&mut self, consumer_id: u64, last_consumed: Option<u64>) -> Result<(), Refusal> {
+        let Some(c) = self.consumers.remove(&consumer_id) else {
+            return Err(unknown_consumer(consumer_id));
+        };
+        c.shared.close();
+        let now = now_ms();
+        let queue = c.attachment.queue().clone();
+        queue.remove_consumer(consumer_id, now);
+        if let Some(last) = last_consumed {
+            let unseen: Vec<Unacked> = {
+                let mut u = c.shared.session.unacked.lock();
+                let ids: Vec<u64> = u
+                    .range(last.saturating_add(1)..)
+                    .filter(|(_, d)| d.consumer_id == consumer_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter().filter_map(|id| u.remove(&id)).collect()
+            };
+            requeue(unseen.into_iter().map(|u| (u, false)), now);
+        }
+        if let Attachment::Topic { topic, .. } = &c.attachment {
+            topic.unsubscribe((self.id, consumer_id));
+        }
+        Ok(())
+    }
+
+    fn on_session_close(&mut self, session_id: u64) -> Result<(), Refusal> {
+        let Some(session) = self.sessions.remove(&session_id) else {
+            return Err(unknown_session(session_id));
+        };
+        let ids: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.shared.session.id == session_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let _ = self.on_consumer_close(id, None);
+        }
+        let all: Vec<Unacked> = std::mem::take(&mut *session.unacked.lock()).into_values().collect();
+        requeue(all.into_iter().map(|u| (u, true)), now_ms());
+        Ok(())
+    }
+
+    fn on_ack(&mut self, a: &wire::Ack) -> Result<(), Refusal> {
+        let Some(session) = self.sessions.get(&a.session_id) else {
+            return Err(unknown_session(a.session_id));
+        };
+        let taken: Vec<Unacked> = {
+            let mut u = session.unacked.lock();
+            match AckKind::try_from(a.kind) {
+                Ok(AckKind::Individual) => u.remove(&a.delivery_id).into_iter().collect(),
+                Ok(AckKind::Cumulative) => {
+                    let ids: Vec<u64> = u
+                        .range(..=a.delivery_id)
+                        .filter(|(_, d)| d.consumer_id == a.consumer_id)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    ids.into_iter().filter_map(|id| u.remove(&id)).collect()
+                }
+                Err(_) => return Err(illegal(format!("unknown ack kind {}", a.kind))),
+            }
+        };
+        if taken.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::UnknownDelivery,
+                format!("delivery {} is not unacknowledged in session {}", a.delivery_id, a.session_id),
+            ));
+        }
+        let now = now_ms();
+        for (queue, items) in group_by_queue(taken.into_iter().map(|u| (u.queue, (u.consumer_id, u.entry)))) {
+            for (_, e) in &items {
+                if e.msg.persistent {
+                    self.inner.store.acknowledge(e.msg.id, queue.name());
+                }
+            }
+            queue.ack(items, now);
+        }
+        Ok(())
+    }
+
+    fn on_nack(&mut self, n: &wire::Nack) -> Result<(), Refusal> {
+        let Some(session) = self.sessions.get(&n.session_id) else {
+            return Err(unknown_session(n.session_id));
+        };
+        let now = now_ms();
+        if n.delivery_id != 0 {
+            let Some(u) = session.unacked.lock().remove(&n.delivery_id) else {
+                return Err(Refusal::new(
+                    ErrorCode::UnknownDelivery,
+                    format!("delivery {} is not unacknowledged", n.delivery_id),
+                ));
+            };
+            requeue([(u, true)], now);
+            return Ok(());
+        }
+        let seen_up_to: HashMap<u64, u64> =
+            n.consumed.iter().map(|p| (p.consumer_id, p.delivery_id)).collect();
+        let all: Vec<(u64, Unacked)> =
+            std::mem::take(&mut *session.unacked.lock()).into_iter().collect();
+        requeue(
+            all.into_iter().map(|(id, u)| {
+                let seen = seen_up_to.get(&u.consumer_id).is_some_and(|last| id <= *last);
+                (u, seen)
+            }),
+            now,
+        );
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        let sessions: Vec<u64> = self.sessions.keys().copied().collect();
+        for s in sessions {
+            let _ = self.on_session_close(s);
+        }
+        if let Some(cid) = &self.client_id {
+            self.inner.client_ids.lock().remove(cid);
+        }
+        tracing::debug!("connection closed");
+    }
+}
+
+fn requeue(items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
+    let grouped = group_by_queue(
+        items.into_iter().map(|(u, seen)| (u.queue, (u.consumer_id, u.seq, u.entry, seen))),
+    );
+    for (queue, items) in grouped {
+        queue.requeue(items, now);
+    }
+}
+
+/// Groups items by queue, keeping their order within each queue.
+fn group_by_queue<T>(items: impl IntoIterator<Item = (Arc<Queue>, T)>) -> Vec<(Arc<Queue>, Vec<T>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<T>)> = Vec::new();
+    for (q, t) in items {
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
+            Some((_, v)) => v.push(t),
+            None => groups.push((q, vec![t])),
+        }
+    }
+    groups
+}
+
+fn parse_destination(d: &wire::Destination) -> Result<Destination, Refusal> {
+    Destination::from_wire(d).map_err(|e| Refusal::new(ErrorCode::InvalidDestination, e.to_string()))
+}
+
+fn illegal(message: String) -> Refusal {
+    Refusal::new(ErrorCode::IllegalState, message)
+}
+
+fn unknown_session(id: u64) -> Refusal {
+    Refusal::new(ErrorCode::UnknownSession, format!("session {id} is not open"))
+}
+
+fn unknown_consumer(id: u64) -> Refusal {
+    Refusal::new(ErrorCode::UnknownConsumer, format!("consumer {id} is not open"))
+}
+
+fn no_transactions() -> Refusal {
+    Refusal::new(ErrorCode::NotImplemented, "transacted sessions are not supported yet")
+}

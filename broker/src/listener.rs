@@ -1,0 +1,115 @@
+//! The TCP listener: accept under the connection limit, one reader (the connection task) and one
+//! writer task per connection.
+//!
+//! The writer coalesces: it takes every frame already waiting in the connection's channel, encodes
+//! them into one buffer and writes them with one `write_all`, so a burst of deliveries or receipts
+//! costs one syscall, not one per frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tandem_protocol::{ErrorCode, Frame, FrameCodec, wire};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use crate::broker::{BrokerError, BrokerInner};
+
+/// Stop adding frames to one write beyond this many bytes.
+const MAX_WRITE_BATCH: usize = 1 << 20;
+
+pub(crate) async fn start(inner: Arc<BrokerInner>, addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrokerError::Bind { what: "native listener", addr, source })?;
+    let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
+        what: "native listener",
+        addr,
+        source,
+    })?;
+    let tasks = inner.tasks.clone();
+    tasks.spawn(accept_loop(inner, listener));
+    Ok(bound)
+}
+
+async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                match inner.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (rd, wr) = sock.into_split();
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        inner.tasks.spawn(write_loop(wr, rx));
+                        let inbound = FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
+                        inner.tasks.spawn(crate::connection::run(
+                            inner.clone(),
+                            inbound,
+                            tx,
+                            peer.to_string(),
+                            permit,
+                        ));
+                    }
+                    Err(_) => {
+                        inner.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, "connection limit reached; refusing");
+                        inner.tasks.spawn(refuse(sock, inner.config.max_connections));
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut sock: TcpStream, limit: usize) {
+    let msg = format!("connection limit of {limit} reached");
+    let mut buf = BytesMut::new();
+    Frame::error(0, ErrorCode::ConnectionLimit, msg.clone()).encode(&mut buf);
+    Frame::Close(wire::Close { code: ErrorCode::ConnectionLimit.code(), message: msg }).encode(&mut buf);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sock.write_all(&buf)).await;
+    let _ = sock.shutdown().await;
+}
+
+pub(crate) async fn write_loop(
+    mut wr: impl tokio::io::AsyncWrite + Unpin,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'outer: while let Some(first) = rx.recv().await {
+        let mut closing = matches!(first, Frame::Close(_));
+        first.encode(&mut buf);
+        while !closing && buf.len() < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    closing = matches!(f, Frame::Close(_));
+                    f.encode(&mut buf);
+                }
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break 'outer;
+        }
+        buf.clear();
+        if buf.capacity() > 4 * MAX_WRITE_BATCH {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

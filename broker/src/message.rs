@@ -1,0 +1,134 @@
+//! The broker's view of a message: the producer's encoded bytes plus the headers routing needs.
+//!
+//! The bytes are kept as received and handed to every consumer and subscription as `Bytes` handles
+//! (reference-counted, never copied). Only the headers are decoded on the send path
+//! ([`wire::MessageHeaders`] skips properties and body); properties are decoded on first use by a
+//! selector and cached.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tandem_protocol::ErrorCode;
+use tandem_protocol::model::{Destination, PropertyValue};
+use tandem_protocol::wire;
+
+/// A message accepted by the broker, shared by every queue it is on.
+#[derive(Debug)]
+pub struct BrokerMessage {
+    /// Broker-wide sequence number.
+    pub id: u64,
+    /// The encoded `wire::Message`, as the producer sent it.
+    pub encoded: Bytes,
+    /// Where it was sent.
+    pub destination: Destination,
+    /// JMSPriority, 0-9.
+    pub priority: u8,
+    /// JMSExpiration (ms since the epoch; 0 = never).
+    pub expiration: i64,
+    /// JMSDeliveryMode is PERSISTENT.
+    pub persistent: bool,
+    /// The connection it came from (for noLocal).
+    pub origin_connection: u64,
+    properties: OnceLock<Vec<(String, PropertyValue)>>,
+}
+
+/// Why a message was refused on the send path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// The explanation for the client.
+    pub message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into() }
+    }
+}
+
+impl BrokerMessage {
+    /// Decodes the headers of an encoded message and checks what the broker relies on.
+    pub fn parse(
+        id: u64,
+        encoded: Bytes,
+        origin_connection: u64,
+        max_size: usize,
+        now_ms: i64,
+    ) -> Result<BrokerMessage, Refusal> {
+        if encoded.len() > max_size {
+            return Err(Refusal::new(
+                ErrorCode::MessageTooLarge,
+                format!("message of {} bytes exceeds the maximum of {max_size}", encoded.len()),
+            ));
+        }
+        let h = wire::MessageHeaders::decode(encoded.clone()).map_err(|e| {
+            Refusal::new(ErrorCode::InvalidMessage, format!("message does not decode: {e}"))
+        })?;
+        let destination = match &h.destination {
+            None => return Err(Refusal::new(ErrorCode::InvalidDestination, "no destination")),
+            Some(d) => Destination::from_wire(d)
+                .map_err(|e| Refusal::new(ErrorCode::InvalidDestination, e.to_string()))?,
+        };
+        if h.priority > 9 {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                format!("priority {} is outside 0-9", h.priority),
+            ));
+        }
+        if let Some(r) = &h.reply_to {
+            Destination::from_wire(r)
+                .map_err(|e| Refusal::new(ErrorCode::InvalidDestination, format!("reply-to: {e}")))?;
+        }
+        if h.delivery_time > now_ms {
+            return Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "delivery delay (JMSDeliveryTime in the future) is not supported yet",
+            ));
+        }
+        Ok(BrokerMessage {
+            id,
+            encoded,
+            destination,
+            priority: h.priority as u8,
+            expiration: h.expiration,
+            persistent: h.persistent,
+            origin_connection,
+            properties: OnceLock::new(),
+        })
+    }
+
+    /// Encoded size: what memory budgets count.
+    pub fn size(&self) -> usize {
+        self.encoded.len()
+    }
+
+    /// Expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expiration != 0 && self.expiration <= now_ms
+    }
+
+    /// The properties, decoded once on first use. Properties that break the model's rules are
+    /// left out (a valid selector cannot name them).
+    pub fn properties(&self) -> &[(String, PropertyValue)] {
+        self.properties.get_or_init(|| {
+            let Ok(w) = wire::Message::decode(self.encoded.clone()) else { return Vec::new() };
+            w.properties
+                .iter()
+                .filter_map(|p| {
+                    let v = PropertyValue::from_wire(p.value.as_ref()?, &p.name).ok()?;
+                    Some((p.name.clone(), v))
+                })
+                .collect()
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch: JMS timestamps are wall-clock by definition.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

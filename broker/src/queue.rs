@@ -1,0 +1,321 @@
+//! A queue: ready messages by priority, competing consumers under per-consumer windows.
+//!
+//! Every queue is one `parking_lot` mutex around [`QueueState`]; all work under it is synchronous
+//! and short (no await, no I/O). Ready messages sit in one ordered map per priority, keyed by their
+//! sequence in the queue, so a message that comes back (recover, consumer close) returns to its
+//! original place and order within a priority is kept (invariant 5). Dispatch walks priorities from
+//! 9 down, and within one priority in sequence order, and gives each message to the next consumer in
+//! round-robin order that has room in its window and accepts it.
+//!
+//! Topic subscriptions are queues too (one per subscription), fed by the topic's fan-out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::message::BrokerMessage;
+use crate::session::ConsumerShared;
+
+/// A message on a queue, with its delivery history.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The shared message.
+    pub msg: Arc<BrokerMessage>,
+    /// How many times it has been delivered and seen (JMSXDeliveryCount of the next delivery minus 1).
+    pub delivery_count: u32,
+    /// The next delivery is a redelivery.
+    pub redelivered: bool,
+}
+
+#[derive(Debug)]
+struct ConsumerSlot {
+    consumer: Arc<ConsumerShared>,
+    outstanding: u32,
+    credit: u32,
+}
+
+impl ConsumerSlot {
+    fn has_room(&self) -> bool {
+        self.outstanding < self.consumer.prefetch || self.credit > 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    ready: [BTreeMap<u64, Entry>; 10],
+    ready_count: usize,
+    inflight: usize,
+    memory: usize,
+    consumers: Vec<ConsumerSlot>,
+    rr: usize,
+    next_seq: u64,
+}
+
+/// Counters exposed in `/metrics`.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Messages added.
+    pub enqueued: AtomicU64,
+    /// Messages acknowledged.
+    pub dequeued: AtomicU64,
+    /// Messages dropped because they expired.
+    pub expired: AtomicU64,
+}
+
+/// A snapshot for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    /// Ready to deliver.
+    pub ready: usize,
+    /// Delivered, not acknowledged.
+    pub inflight: usize,
+    /// Bytes held (ready and in flight).
+    pub memory: usize,
+    /// Attached consumers.
+    pub consumers: usize,
+}
+
+/// A queue (or a topic subscription's queue).
+#[derive(Debug)]
+pub struct Queue {
+    name: Arc<str>,
+    memory_limit: usize,
+    state: Mutex<QueueState>,
+    space: Notify,
+    blocked_producers: AtomicUsize,
+    removed: AtomicBool,
+    /// Counters.
+    pub stats: QueueStats,
+}
+
+impl Queue {
+    /// An empty queue with a memory budget.
+    pub fn new(name: Arc<str>, memory_limit: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            name,
+            memory_limit,
+            state: Mutex::new(QueueState::default()),
+            space: Notify::new(),
+            blocked_producers: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// The name (for subscriptions: the subscription's own name).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Removed (a closed non-durable subscription): returns are dropped.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Counts for metrics.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.state.lock();
+        QueueSnapshot {
+            ready: st.ready_count,
+            inflight: st.inflight,
+            memory: st.memory,
+            consumers: st.consumers.len(),
+        }
+    }
+
+    /// Whether a message of `size` bytes fits the budget. An empty queue always takes one message,
+    /// so a message larger than the budget is not refused forever.
+    pub fn has_room(&self, size: usize) -> bool {
+        let st = self.state.lock();
+        st.memory == 0 || st.memory + size <= self.memory_limit
+    }
+
+    /// Waits until [`Queue::has_room`] or the deadline. Returns whether there is room.
+    pub async fn wait_for_room(&self, size: usize, deadline: tokio::time::Instant) -> bool {
+        self.blocked_producers.fetch_add(1, Ordering::SeqCst);
+        let room = loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a release between the check and the await is not missed.
+            notified.as_mut().enable();
+            if self.has_room(size) {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break self.has_room(size);
+            }
+        };
+        self.blocked_producers.fetch_sub(1, Ordering::SeqCst);
+        room
+    }
+
+    fn released(&self) {
+        if self.blocked_producers.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Adds a message and dispatches.
+    pub fn enqueue(self: &Arc<Queue>, msg: Arc<BrokerMessage>, now_ms: i64) {
+        let mut st = self.state.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.memory += msg.size();
+        st.ready_count += 1;
+        let prio = usize::from(msg.priority.min(9));
+        st.ready[prio].insert(seq, Entry { msg, delivery_count: 0, redelivered: false });
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut st, now_ms);
+    }
+
+    /// Attaches a consumer and dispatches to it.
+    pub fn add_consumer(self: &Arc<Queue>, consumer: Arc<ConsumerShared>, now_ms: i64) {
+        let mut st = self.state.lock();
+        st.consumers.push(ConsumerSlot { consumer, outstanding: 0, credit: 0 });
+        self.dispatch(&mut st, now_ms);
+    }
+
+    /// Detaches a consumer. Its deliveries stay with its session.
+    pub fn remove_consumer(self: &Arc<Queue>, consumer_id: u64, now_ms: i64) {
+        let mut st = self.state.lock();
+        st.consumers.retain(|s| s.consumer.id != consumer_id);
+        if st.rr >= st.consumers.len() {
+            st.rr = 0;
+        }
+        self.dispatch(&mut st, now_ms);
+    }
+
+    /// Grants one-off credit beyond the consumer's window.
+    pub fn add_credit(self: &Arc<Queue>, consumer_id: u64, credit: u32, now_ms: i64) {
+        let mut st = self.state.lock();
+        if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+            s.credit = s.credit.saturating_add(credit);
+        }
+        self.dispatch(&mut st, now_ms);
+    }
+
+    /// Acknowledges delivered messages: they leave the queue for good.
+    pub fn ack(self: &Arc<Queue>, acked: impl IntoIterator<Item = (u64, Entry)>, now_ms: i64) {
+        let mut st = self.state.lock();
+        let mut n = 0u64;
+        for (consumer_id, entry) in acked {
+            n += 1;
+            // Saturating: a purged subscription's deliveries may still be acknowledged.
+            st.inflight = st.inflight.saturating_sub(1);
+            st.memory = st.memory.saturating_sub(entry.msg.size());
+            if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+                s.outstanding = s.outstanding.saturating_sub(1);
+            }
+        }
+        self.stats.dequeued.fetch_add(n, Ordering::Relaxed);
+        self.dispatch(&mut st, now_ms);
+        drop(st);
+        self.released();
+    }
+
+    /// Puts delivered messages back in their places. `seen` ones come back flagged redelivered with
+    /// their count raised; the others (prefetched, never handed to the application) as they were.
+    pub fn requeue(
+        self: &Arc<Queue>,
+        returned: impl IntoIterator<Item = (u64, u64, Entry, bool)>,
+        now_ms: i64,
+    ) {
+        if self.is_removed() {
+            return;
+        }
+        let mut st = self.state.lock();
+        for (consumer_id, seq, mut entry, seen) in returned {
+            if seen {
+                entry.delivery_count += 1;
+                entry.redelivered = true;
+            }
+            st.inflight = st.inflight.saturating_sub(1);
+            st.ready_count += 1;
+            if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+                s.outstanding = s.outstanding.saturating_sub(1);
+            }
+            let prio = usize::from(entry.msg.priority.min(9));
+            st.ready[prio].insert(seq, entry);
+        }
+        self.dispatch(&mut st, now_ms);
+    }
+
+    /// Drops every message and refuses returns from now on (a non-durable subscription going away).
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        for level in &mut st.ready {
+            level.clear();
+        }
+        st.ready_count = 0;
+        st.memory = 0;
+        st.inflight = 0;
+        drop(st);
+        self.space.notify_waiters();
+    }
+
+    fn dispatch(self: &Arc<Queue>, st: &mut QueueState, now_ms: i64) {
+        if st.ready_count == 0 || st.consumers.is_empty() {
+            return;
+        }
+        st.consumers.retain(|s| s.consumer.is_open());
+        for prio in (0..10).rev() {
+            let mut cursor = 0u64;
+            loop {
+                if !st.consumers.iter().any(ConsumerSlot::has_room) {
+                    return;
+                }
+                let Some((&seq, entry)) = st.ready[prio].range(cursor..).next() else { break };
+                cursor = seq + 1;
+                if entry.msg.is_expired(now_ms) {
+                    let size = entry.msg.size();
+                    st.ready[prio].remove(&seq);
+                    st.ready_count -= 1;
+                    st.memory -= size;
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let n = st.consumers.len();
+                let pick = (0..n).map(|i| (st.rr + i) % n).find(|&i| {
+                    let s = &st.consumers[i];
+                    s.has_room() && accepts(&s.consumer, &entry.msg)
+                });
+                let Some(i) = pick else { continue };
+                let entry = st.ready[prio].remove(&seq).expect("present");
+                st.ready_count -= 1;
+                let slot = &mut st.consumers[i];
+                match slot.consumer.deliver(self, seq, entry) {
+                    Ok(()) => {
+                        slot.outstanding += 1;
+                        if slot.outstanding > slot.consumer.prefetch {
+                            slot.credit -= 1;
+                        }
+                        st.inflight += 1;
+                        st.rr = (i + 1) % n;
+                    }
+                    Err(entry) => {
+                        cursor = seq;
+                        st.ready[prio].insert(seq, entry);
+                        st.ready_count += 1;
+                        st.consumers.remove(i);
+                        st.rr = 0;
+                        if st.consumers.is_empty() {
+                            return;
+                        }
+                    }
+                }
+                if st.ready_count == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a consumer takes a message: the hook for consumer selectors on queues.
+fn accepts(_consumer: &ConsumerShared, _msg: &BrokerMessage) -> bool {
+    true
+}

@@ -53,9 +53,9 @@ fn parse_addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
     if v.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    v.parse::<SocketAddr>()
-        .map(Some)
-        .with_context(|| format!("--{flag} {v:?}: expected HOST:PORT such as 127.0.0.1:61616, or off"))
+    v.parse::<SocketAddr>().map(Some).with_context(|| {
+        format!("--{flag} {v:?}: expected HOST:PORT such as 127.0.0.1:61616, or off")
+    })
 }
 
 fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
@@ -94,7 +94,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let broker = Broker::start(config).await?;
     let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     // One machine-readable line on stdout: scripts and system tests read the bound ports from it.
-    println!("READY native={} http={}", show(broker.local_addr()), show(broker.http_addr()));
+    println!(
+        "READY native={} http={}",
+        show(broker.local_addr()),
+        show(broker.http_addr())
+    );
     wait_for_signal().await?;
     tracing::info!("signal received; shutting down");
     broker.shutdown().await;
@@ -120,7 +124,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
     }

@@ -97,7 +97,12 @@ impl BrokerInner {
             return Err(self.missing(d));
         }
         let limit = self.config.destination_memory_limit;
-        Ok(self.queues.write().entry(key.clone()).or_insert_with(|| Queue::new(key.1, limit)).clone())
+        Ok(self
+            .queues
+            .write()
+            .entry(key.clone())
+            .or_insert_with(|| Queue::new(key.1, limit))
+            .clone())
     }
 
     /// The topic for a topic or temporary-topic destination, created on first use if allowed.
@@ -109,12 +114,21 @@ impl BrokerInner {
         if !self.config.auto_create {
             return Err(self.missing(d));
         }
-        Ok(self.topics.write().entry(key.clone()).or_insert_with(|| Topic::new(key.1)).clone())
+        Ok(self
+            .topics
+            .write()
+            .entry(key.clone())
+            .or_insert_with(|| Topic::new(key.1))
+            .clone())
     }
 
     /// Makes sure a destination exists (producer open), within the auto-create rule.
     pub(crate) fn ensure(&self, d: &Destination) -> Result<(), Refusal> {
-        if d.kind().is_queue() { self.queue(d).map(drop) } else { self.topic(d).map(drop) }
+        if d.kind().is_queue() {
+            self.queue(d).map(drop)
+        } else {
+            self.topic(d).map(drop)
+        }
     }
 }
 
@@ -171,7 +185,10 @@ impl Broker {
             let d = Destination::queue(q).expect("validated");
             let key = (d.kind(), Arc::<str>::from(d.name()));
             let limit = inner.config.destination_memory_limit;
-            inner.queues.write().insert(key.clone(), Queue::new(key.1, limit));
+            inner
+                .queues
+                .write()
+                .insert(key.clone(), Queue::new(key.1, limit));
         }
         for t in &inner.config.topics {
             let d = Destination::topic(t).expect("validated");
@@ -187,7 +204,11 @@ impl Broker {
             None => None,
         };
         tracing::info!(native = ?local_addr, http = ?http_addr, "broker started");
-        Ok(Broker { inner, local_addr, http_addr })
+        Ok(Broker {
+            inner,
+            local_addr,
+            http_addr,
+        })
     }
 
     /// The bound native listener address (useful with port 0).
@@ -240,7 +261,10 @@ impl Broker {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let wait = Duration::from_millis(self.inner.config.shutdown_timeout_ms);
-        if tokio::time::timeout(wait, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(wait, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown: connections still open after {wait:?}; leaving them");
         }
         tracing::info!("broker stopped");
@@ -249,7 +273,11 @@ impl Broker {
 
 pub(crate) fn health(inner: &BrokerInner) -> Health {
     Health {
-        state: if inner.shutdown.is_cancelled() { "stopping" } else { "active" },
+        state: if inner.shutdown.is_cancelled() {
+            "stopping"
+        } else {
+            "active"
+        },
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: inner.started.elapsed().as_secs(),
         connections: inner.active_connections(),
@@ -262,7 +290,10 @@ fn connect_local(inner: &Arc<BrokerInner>) -> Result<LocalLink, BrokerError> {
         return Err(BrokerError::ShuttingDown);
     }
     let permit = inner.permits.clone().try_acquire_owned().map_err(|_| {
-        inner.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+        inner
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         BrokerError::ConnectionLimit(inner.config.max_connections)
     })?;
     let (client, server) = local_link_pair(LOCAL_LINK_CAPACITY);
@@ -278,7 +309,13 @@ fn connect_local(inner: &Arc<BrokerInner>) -> Result<LocalLink, BrokerError> {
         }
     });
     let inbound = tokio_stream_like(rx);
-    inner.tasks.spawn(crate::connection::run(inner.clone(), inbound, out_tx, "in-process".into(), permit));
+    inner.tasks.spawn(crate::connection::run(
+        inner.clone(),
+        inbound,
+        out_tx,
+        "in-process".into(),
+        permit,
+    ));
     Ok(client)
 }
 
@@ -286,5 +323,7 @@ fn tokio_stream_like(
     mut rx: tokio::sync::mpsc::Receiver<tandem_protocol::Frame>,
 ) -> impl futures::Stream<Item = Result<tandem_protocol::Frame, tandem_protocol::CodecError>> + Unpin
 {
-    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok))))
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|o| o.map(Ok))
+    }))
 }

@@ -85,7 +85,11 @@ pub struct ConfigError {
 impl BrokerConfig {
     /// A configuration for tests and embedding: no TCP, no HTTP, small timeouts.
     pub fn embedded() -> BrokerConfig {
-        BrokerConfig { listen: None, http: None, ..BrokerConfig::default() }
+        BrokerConfig {
+            listen: None,
+            http: None,
+            ..BrokerConfig::default()
+        }
     }
 
     /// Checks every bound; returns all problems at once.
@@ -96,11 +100,19 @@ impl BrokerConfig {
                 errs.push(ConfigError { key, problem });
             }
         };
-        check(self.max_connections >= 1, "max_connections", "must be at least 1".into());
+        check(
+            self.max_connections >= 1,
+            "max_connections",
+            "must be at least 1".into(),
+        );
         check(
             (1024..=u32::MAX as usize).contains(&self.max_frame_size),
             "max_frame_size",
-            format!("must be between 1024 and {} bytes (got {})", u32::MAX, self.max_frame_size),
+            format!(
+                "must be between 1024 and {} bytes (got {})",
+                u32::MAX,
+                self.max_frame_size
+            ),
         );
         check(
             self.max_message_size >= 1 && self.max_message_size < self.max_frame_size,
@@ -129,12 +141,18 @@ impl BrokerConfig {
         check(!self.name.is_empty(), "name", "must not be empty".into());
         for q in &self.queues {
             if let Err(e) = tandem_protocol::model::Destination::queue(q) {
-                errs.push(ConfigError { key: "queues", problem: e.to_string() });
+                errs.push(ConfigError {
+                    key: "queues",
+                    problem: e.to_string(),
+                });
             }
         }
         for t in &self.topics {
             if let Err(e) = tandem_protocol::model::Destination::topic(t) {
-                errs.push(ConfigError { key: "topics", problem: e.to_string() });
+                errs.push(ConfigError {
+                    key: "topics",
+                    problem: e.to_string(),
+                });
             }
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }

@@ -31,7 +31,10 @@ struct Producer {
 
 enum Attachment {
     Queue(Arc<Queue>),
-    Topic { topic: Arc<Topic>, queue: Arc<Queue> },
+    Topic {
+        topic: Arc<Topic>,
+        queue: Arc<Queue>,
+    },
 }
 
 impl Attachment {
@@ -69,7 +72,10 @@ pub(crate) async fn run<S>(
     S: Stream<Item = Result<Frame, CodecError>> + Unpin,
 {
     let id = inner.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    inner.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    inner
+        .stats
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("conn", id, %peer);
     let _e = span.enter();
     let Some((client_id, heartbeat)) = handshake(&inner, &mut inbound, &out, id).await else {
@@ -91,7 +97,10 @@ pub(crate) async fn run<S>(
 
 fn fatal(out: &Outbound, code: ErrorCode, message: String) {
     let _ = out.send(Frame::error(0, code, message.clone()));
-    let _ = out.send(Frame::Close(wire::Close { code: code.code(), message }));
+    let _ = out.send(Frame::Close(wire::Close {
+        code: code.code(),
+        message,
+    }));
 }
 
 async fn handshake<S>(
@@ -113,7 +122,11 @@ where
     };
     let c = match first {
         Err(_) => {
-            fatal(out, ErrorCode::IllegalState, format!("no Connect frame within {limit:?}"));
+            fatal(
+                out,
+                ErrorCode::IllegalState,
+                format!("no Connect frame within {limit:?}"),
+            );
             return None;
         }
         Ok(None) => return None,
@@ -127,7 +140,10 @@ where
             fatal(
                 out,
                 ErrorCode::IllegalState,
-                format!("the first frame must be Connect, not {:?}", other.frame_type()),
+                format!(
+                    "the first frame must be Connect, not {:?}",
+                    other.frame_type()
+                ),
             );
             return None;
         }
@@ -146,7 +162,11 @@ where
     let client_id = (!c.client_id.is_empty()).then(|| c.client_id.clone());
     if let Some(cid) = &client_id {
         if !inner.client_ids.lock().insert(cid.clone()) {
-            fatal(out, ErrorCode::ClientIdInUse, format!("client id {cid:?} is already connected"));
+            fatal(
+                out,
+                ErrorCode::ClientIdInUse,
+                format!("client id {cid:?} is already connected"),
+            );
             return None;
         }
     }
@@ -173,7 +193,10 @@ impl Connection {
     {
         let idle_cfg = Duration::from_millis(self.inner.config.idle_timeout_ms);
         // Silence allowed: three heartbeats, or the configured idle timeout, whichever is shorter.
-        let silence = [heartbeat * 3, idle_cfg].into_iter().filter(|d| !d.is_zero()).min();
+        let silence = [heartbeat * 3, idle_cfg]
+            .into_iter()
+            .filter(|d| !d.is_zero())
+            .min();
         let tick_every = match (heartbeat.is_zero(), silence) {
             (false, _) => Some(heartbeat),
             (true, Some(s)) => Some((s / 4).max(Duration::from_millis(10))),
@@ -224,7 +247,10 @@ impl Connection {
     }
 
     fn close(&self, code: ErrorCode, message: &str) {
-        let _ = self.out.send(Frame::Close(wire::Close { code: code.code(), message: message.into() }));
+        let _ = self.out.send(Frame::Close(wire::Close {
+            code: code.code(),
+            message: message.into(),
+        }));
     }
 
     fn reply(&self, request_id: u64, result: Result<(), Refusal>) {
@@ -248,7 +274,9 @@ impl Connection {
             }
             Frame::Flow(f) => {
                 if let Some(c) = self.consumers.get(&f.consumer_id) {
-                    c.attachment.queue().add_credit(f.consumer_id, f.credit, now_ms());
+                    c.attachment
+                        .queue()
+                        .add_credit(f.consumer_id, f.credit, now_ms());
                 } else {
                     self.reply(0, Err(unknown_consumer(f.consumer_id)));
                 }
@@ -280,7 +308,9 @@ impl Connection {
                 self.reply(c.request_id, r);
                 if let Some(c) = self.consumers.get(&c.consumer_id) {
                     // Attach only after the Ok is queued, so no delivery overtakes it.
-                    c.attachment.queue().add_consumer(c.shared.clone(), now_ms());
+                    c.attachment
+                        .queue()
+                        .add_consumer(c.shared.clone(), now_ms());
                 }
             }
             Frame::ConsumerClose(c) => {
@@ -295,15 +325,24 @@ impl Connection {
             }
             Frame::Pong(_) => {}
             Frame::Close(_) => {
-                let _ = self.out.send(Frame::Close(wire::Close { code: 0, message: "bye".into() }));
+                let _ = self.out.send(Frame::Close(wire::Close {
+                    code: 0,
+                    message: "bye".into(),
+                }));
                 return ControlFlow::Break(());
             }
             other => {
-                self.inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 fatal(
                     &self.out,
                     ErrorCode::IllegalState,
-                    format!("{:?} is not a frame a client sends here", other.frame_type()),
+                    format!(
+                        "{:?} is not a frame a client sends here",
+                        other.frame_type()
+                    ),
                 );
                 return ControlFlow::Break(());
             }
@@ -319,14 +358,18 @@ impl Connection {
 
     fn on_session_open(&mut self, s: &wire::SessionOpen) -> Result<(), Refusal> {
         if s.session_id == 0 || self.sessions.contains_key(&s.session_id) {
-            return Err(illegal(format!("session id {} is zero or already open", s.session_id)));
+            return Err(illegal(format!(
+                "session id {} is zero or already open",
+                s.session_id
+            )));
         }
         match AckMode::try_from(s.ack_mode) {
             Ok(AckMode::Transacted) => return Err(no_transactions()),
             Ok(_) => {}
             Err(_) => return Err(illegal(format!("unknown ack mode {}", s.ack_mode))),
         }
-        self.sessions.insert(s.session_id, SessionShared::new(s.session_id));
+        self.sessions
+            .insert(s.session_id, SessionShared::new(s.session_id));
         Ok(())
     }
 
@@ -335,13 +378,17 @@ impl Connection {
             return Err(unknown_session(p.session_id));
         }
         if p.producer_id == 0 || self.producers.contains_key(&p.producer_id) {
-            return Err(illegal(format!("producer id {} is zero or already open", p.producer_id)));
+            return Err(illegal(format!(
+                "producer id {} is zero or already open",
+                p.producer_id
+            )));
         }
         let destination = p.destination.as_ref().map(parse_destination).transpose()?;
         if let Some(d) = &destination {
             self.inner.ensure(d)?;
         }
-        self.producers.insert(p.producer_id, Producer { destination });
+        self.producers
+            .insert(p.producer_id, Producer { destination });
         Ok(())
     }
 
@@ -349,10 +396,16 @@ impl Connection {
         let (producer_id, sequence, receipt) = (s.producer_id, s.sequence, s.receipt);
         let result = self.accept(s).await;
         let frame = match result {
-            Ok(()) if receipt => Frame::SendReceipt(wire::SendReceipt { producer_id, sequence }),
+            Ok(()) if receipt => Frame::SendReceipt(wire::SendReceipt {
+                producer_id,
+                sequence,
+            }),
             Ok(()) => return,
             Err(r) => {
-                self.inner.stats.sends_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .sends_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 Frame::SendFailure(wire::SendFailure {
                     producer_id,
                     sequence,
@@ -373,13 +426,21 @@ impl Connection {
         };
         let now = now_ms();
         let id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
-        let msg =
-            BrokerMessage::parse(id, s.message, self.id, self.inner.config.max_message_size, now)?;
+        let msg = BrokerMessage::parse(
+            id,
+            s.message,
+            self.id,
+            self.inner.config.max_message_size,
+            now,
+        )?;
         if let Some(d) = &producer.destination {
             if *d != msg.destination {
                 return Err(Refusal::new(
                     ErrorCode::InvalidDestination,
-                    format!("message names {} but the producer sends to {d}", msg.destination),
+                    format!(
+                        "message names {} but the producer sends to {d}",
+                        msg.destination
+                    ),
                 ));
             }
         }
@@ -436,10 +497,16 @@ impl Connection {
             return Err(unknown_session(c.session_id));
         };
         if c.consumer_id == 0 || self.consumers.contains_key(&c.consumer_id) {
-            return Err(illegal(format!("consumer id {} is zero or already open", c.consumer_id)));
+            return Err(illegal(format!(
+                "consumer id {} is zero or already open",
+                c.consumer_id
+            )));
         }
         let Some(dest) = &c.destination else {
-            return Err(Refusal::new(ErrorCode::InvalidDestination, "no destination"));
+            return Err(Refusal::new(
+                ErrorCode::InvalidDestination,
+                "no destination",
+            ));
         };
         let dest = parse_destination(dest)?;
         if !c.selector.trim().is_empty() {
@@ -455,7 +522,10 @@ impl Connection {
             ));
         }
         if c.browser {
-            return Err(Refusal::new(ErrorCode::NotImplemented, "queue browsers are not supported yet"));
+            return Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "queue browsers are not supported yet",
+            ));
         }
         let shared = ConsumerShared::new(
             c.consumer_id,
@@ -468,7 +538,8 @@ impl Connection {
             Attachment::Queue(self.inner.queue(&dest)?)
         } else {
             let topic = self.inner.topic(&dest)?;
-            let name: Arc<str> = format!("{}:sub:{}:{}", dest.name(), self.id, c.consumer_id).into();
+            let name: Arc<str> =
+                format!("{}:sub:{}:{}", dest.name(), self.id, c.consumer_id).into();
             let queue = Queue::new(name, self.inner.config.destination_memory_limit);
             topic.subscribe(Arc::new(Subscription {
                 consumer_key: (self.id, c.consumer_id),
@@ -477,13 +548,18 @@ impl Connection {
             }));
             Attachment::Topic { topic, queue }
         };
-        self.consumers.insert(c.consumer_id, Consumer { shared, attachment });
+        self.consumers
+            .insert(c.consumer_id, Consumer { shared, attachment });
         Ok(())
     }
 
     /// Closes a consumer. Deliveries after `last_consumed` go back unseen; with `None` every
     /// delivery stays with the session.
-    fn on_consumer_close(&mut self, consumer_id: u64, last_consumed: Option<u64>) -> Result<(), Refusal> {
+    fn on_consumer_close(
+        &mut self,
+        consumer_id: u64,
+        last_consumed: Option<u64>,
+    ) -> Result<(), Refusal> {
         let Some(c) = self.consumers.remove(&consumer_id) else {
             return Err(unknown_consumer(consumer_id));
         };
@@ -522,7 +598,9 @@ impl Connection {
         for id in ids {
             let _ = self.on_consumer_close(id, None);
         }
-        let all: Vec<Unacked> = std::mem::take(&mut *session.unacked.lock()).into_values().collect();
+        let all: Vec<Unacked> = std::mem::take(&mut *session.unacked.lock())
+            .into_values()
+            .collect();
         requeue(all.into_iter().map(|u| (u, true)), now_ms());
         Ok(())
     }
@@ -549,11 +627,18 @@ impl Connection {
         if taken.is_empty() {
             return Err(Refusal::new(
                 ErrorCode::UnknownDelivery,
-                format!("delivery {} is not unacknowledged in session {}", a.delivery_id, a.session_id),
+                format!(
+                    "delivery {} is not unacknowledged in session {}",
+                    a.delivery_id, a.session_id
+                ),
             ));
         }
         let now = now_ms();
-        for (queue, items) in group_by_queue(taken.into_iter().map(|u| (u.queue, (u.consumer_id, u.entry)))) {
+        for (queue, items) in group_by_queue(
+            taken
+                .into_iter()
+                .map(|u| (u.queue, (u.consumer_id, u.entry))),
+        ) {
             for (_, e) in &items {
                 if e.msg.persistent {
                     self.inner.store.acknowledge(e.msg.id, queue.name());
@@ -579,13 +664,19 @@ impl Connection {
             requeue([(u, true)], now);
             return Ok(());
         }
-        let seen_up_to: HashMap<u64, u64> =
-            n.consumed.iter().map(|p| (p.consumer_id, p.delivery_id)).collect();
-        let all: Vec<(u64, Unacked)> =
-            std::mem::take(&mut *session.unacked.lock()).into_iter().collect();
+        let seen_up_to: HashMap<u64, u64> = n
+            .consumed
+            .iter()
+            .map(|p| (p.consumer_id, p.delivery_id))
+            .collect();
+        let all: Vec<(u64, Unacked)> = std::mem::take(&mut *session.unacked.lock())
+            .into_iter()
+            .collect();
         requeue(
             all.into_iter().map(|(id, u)| {
-                let seen = seen_up_to.get(&u.consumer_id).is_some_and(|last| id <= *last);
+                let seen = seen_up_to
+                    .get(&u.consumer_id)
+                    .is_some_and(|last| id <= *last);
                 (u, seen)
             }),
             now,
@@ -607,7 +698,9 @@ impl Connection {
 
 fn requeue(items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
     let grouped = group_by_queue(
-        items.into_iter().map(|(u, seen)| (u.queue, (u.consumer_id, u.seq, u.entry, seen))),
+        items
+            .into_iter()
+            .map(|(u, seen)| (u.queue, (u.consumer_id, u.seq, u.entry, seen))),
     );
     for (queue, items) in grouped {
         queue.requeue(items, now);
@@ -615,7 +708,9 @@ fn requeue(items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
 }
 
 /// Groups items by queue, keeping their order within each queue.
-fn group_by_queue<T>(items: impl IntoIterator<Item = (Arc<Queue>, T)>) -> Vec<(Arc<Queue>, Vec<T>)> {
+fn group_by_queue<T>(
+    items: impl IntoIterator<Item = (Arc<Queue>, T)>,
+) -> Vec<(Arc<Queue>, Vec<T>)> {
     let mut groups: Vec<(Arc<Queue>, Vec<T>)> = Vec::new();
     for (q, t) in items {
         match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &q)) {
@@ -627,7 +722,8 @@ fn group_by_queue<T>(items: impl IntoIterator<Item = (Arc<Queue>, T)>) -> Vec<(A
 }
 
 fn parse_destination(d: &wire::Destination) -> Result<Destination, Refusal> {
-    Destination::from_wire(d).map_err(|e| Refusal::new(ErrorCode::InvalidDestination, e.to_string()))
+    Destination::from_wire(d)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidDestination, e.to_string()))
 }
 
 fn illegal(message: String) -> Refusal {
@@ -635,13 +731,22 @@ fn illegal(message: String) -> Refusal {
 }
 
 fn unknown_session(id: u64) -> Refusal {
-    Refusal::new(ErrorCode::UnknownSession, format!("session {id} is not open"))
+    Refusal::new(
+        ErrorCode::UnknownSession,
+        format!("session {id} is not open"),
+    )
 }
 
 fn unknown_consumer(id: u64) -> Refusal {
-    Refusal::new(ErrorCode::UnknownConsumer, format!("consumer {id} is not open"))
+    Refusal::new(
+        ErrorCode::UnknownConsumer,
+        format!("consumer {id} is not open"),
+    )
 }
 
 fn no_transactions() -> Refusal {
-    Refusal::new(ErrorCode::NotImplemented, "transacted sessions are not supported yet")
+    Refusal::new(
+        ErrorCode::NotImplemented,
+        "transacted sessions are not supported yet",
+    )
 }

@@ -20,12 +20,22 @@ use tokio::net::TcpListener;
 
 use crate::broker::{BrokerError, BrokerInner, health};
 
-pub(crate) async fn start(inner: Arc<BrokerInner>, addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+pub(crate) async fn start(
+    inner: Arc<BrokerInner>,
+    addr: SocketAddr,
+) -> Result<SocketAddr, BrokerError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| BrokerError::Bind { what: "http", addr, source })?;
-    let bound =
-        listener.local_addr().map_err(|source| BrokerError::Bind { what: "http", addr, source })?;
+        .map_err(|source| BrokerError::Bind {
+            what: "http",
+            addr,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
+        what: "http",
+        addr,
+        source,
+    })?;
     let tasks = inner.tasks.clone();
     tasks.spawn(async move {
         loop {
@@ -70,21 +80,36 @@ fn route(inner: &BrokerInner, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .expect("static response parts")
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/health" => {
             let h = health(inner);
-            let status =
-                if h.state == "active" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if h.state == "active" {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             let body = format!(
                 "{{\"state\":\"{}\",\"role\":\"{}\",\"version\":\"{}\",\"uptime_secs\":{},\"connections\":{},\"store\":\"{}\"}}\n",
                 h.state, "single", h.version, h.uptime_secs, h.connections, h.store
             );
             reply(status, "application/json", body)
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics_text(inner)),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /health or /metrics\n".into()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics_text(inner),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /health or /metrics\n".into(),
+        ),
     }
 }
 
@@ -95,7 +120,12 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
     let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
         let _ = writeln!(s_, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     };
-    gauge("tandem_connections", "Open connections.", "gauge", inner.active_connections() as u64);
+    gauge(
+        "tandem_connections",
+        "Open connections.",
+        "gauge",
+        inner.active_connections() as u64,
+    );
     gauge(
         "tandem_connections_total",
         "Connections accepted since start.",
@@ -126,17 +156,56 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
         "counter",
         inner.stats.protocol_errors.load(Ordering::Relaxed),
     );
-    gauge("tandem_uptime_seconds", "Seconds since start.", "gauge", inner.started.elapsed().as_secs());
+    gauge(
+        "tandem_uptime_seconds",
+        "Seconds since start.",
+        "gauge",
+        inner.started.elapsed().as_secs(),
+    );
 
-    let queues: Vec<_> = inner.queues.read().iter().map(|(k, q)| (k.clone(), q.clone())).collect();
-    let topics: Vec<_> = inner.topics.read().iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+    let queues: Vec<_> = inner
+        .queues
+        .read()
+        .iter()
+        .map(|(k, q)| (k.clone(), q.clone()))
+        .collect();
+    let topics: Vec<_> = inner
+        .topics
+        .read()
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
     let families: [(&str, &str, &str); 6] = [
-        ("tandem_destination_depth", "Messages on the destination (ready and in flight).", "gauge"),
-        ("tandem_destination_inflight", "Messages delivered and not yet acknowledged.", "gauge"),
-        ("tandem_destination_enqueued_total", "Messages added.", "counter"),
-        ("tandem_destination_dequeued_total", "Messages acknowledged.", "counter"),
-        ("tandem_destination_consumers", "Attached consumers or subscriptions.", "gauge"),
-        ("tandem_destination_memory_bytes", "Bytes of messages held.", "gauge"),
+        (
+            "tandem_destination_depth",
+            "Messages on the destination (ready and in flight).",
+            "gauge",
+        ),
+        (
+            "tandem_destination_inflight",
+            "Messages delivered and not yet acknowledged.",
+            "gauge",
+        ),
+        (
+            "tandem_destination_enqueued_total",
+            "Messages added.",
+            "counter",
+        ),
+        (
+            "tandem_destination_dequeued_total",
+            "Messages acknowledged.",
+            "counter",
+        ),
+        (
+            "tandem_destination_consumers",
+            "Attached consumers or subscriptions.",
+            "gauge",
+        ),
+        (
+            "tandem_destination_memory_bytes",
+            "Bytes of messages held.",
+            "gauge",
+        ),
     ];
     for (i, (name, help, kind)) in families.iter().enumerate() {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -150,7 +219,12 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
                 4 => snap.consumers as u64,
                 _ => snap.memory as u64,
             };
-            let _ = writeln!(s, "{name}{{kind=\"{}\",name=\"{}\"}} {v}", k.scheme(), escape(n));
+            let _ = writeln!(
+                s,
+                "{name}{{kind=\"{}\",name=\"{}\"}} {v}",
+                k.scheme(),
+                escape(n)
+            );
         }
         for ((k, n), t) in &topics {
             let v = match i {
@@ -158,7 +232,12 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
                 4 => t.subscription_count() as u64,
                 _ => continue,
             };
-            let _ = writeln!(s, "{name}{{kind=\"{}\",name=\"{}\"}} {v}", k.scheme(), escape(n));
+            let _ = writeln!(
+                s,
+                "{name}{{kind=\"{}\",name=\"{}\"}} {v}",
+                k.scheme(),
+                escape(n)
+            );
         }
     }
     s
@@ -166,5 +245,7 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
 
 /// Label values: destination names cannot hold `"` or `\` (see the naming rules), but be safe.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

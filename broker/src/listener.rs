@@ -21,10 +21,17 @@ use crate::broker::{BrokerError, BrokerInner};
 /// Stop adding frames to one write beyond this many bytes.
 const MAX_WRITE_BATCH: usize = 1 << 20;
 
-pub(crate) async fn start(inner: Arc<BrokerInner>, addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+pub(crate) async fn start(
+    inner: Arc<BrokerInner>,
+    addr: SocketAddr,
+) -> Result<SocketAddr, BrokerError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| BrokerError::Bind { what: "native listener", addr, source })?;
+        .map_err(|source| BrokerError::Bind {
+            what: "native listener",
+            addr,
+            source,
+        })?;
     let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
         what: "native listener",
         addr,
@@ -49,7 +56,8 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                         let (rd, wr) = sock.into_split();
                         let (tx, rx) = mpsc::unbounded_channel();
                         inner.tasks.spawn(write_loop(wr, rx));
-                        let inbound = FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
+                        let inbound =
+                            FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
                         inner.tasks.spawn(crate::connection::run(
                             inner.clone(),
                             inbound,
@@ -59,9 +67,14 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                         ));
                     }
                     Err(_) => {
-                        inner.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        inner
+                            .stats
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%peer, "connection limit reached; refusing");
-                        inner.tasks.spawn(refuse(sock, inner.config.max_connections));
+                        inner
+                            .tasks
+                            .spawn(refuse(sock, inner.config.max_connections));
                     }
                 }
             }
@@ -78,7 +91,11 @@ async fn refuse(mut sock: TcpStream, limit: usize) {
     let msg = format!("connection limit of {limit} reached");
     let mut buf = BytesMut::new();
     Frame::error(0, ErrorCode::ConnectionLimit, msg.clone()).encode(&mut buf);
-    Frame::Close(wire::Close { code: ErrorCode::ConnectionLimit.code(), message: msg }).encode(&mut buf);
+    Frame::Close(wire::Close {
+        code: ErrorCode::ConnectionLimit.code(),
+        message: msg,
+    })
+    .encode(&mut buf);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sock.write_all(&buf)).await;
     let _ = sock.shutdown().await;
 }

@@ -44,7 +44,10 @@ pub struct Refusal {
 
 impl Refusal {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into() }
+        Refusal {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -60,14 +63,25 @@ impl BrokerMessage {
         if encoded.len() > max_size {
             return Err(Refusal::new(
                 ErrorCode::MessageTooLarge,
-                format!("message of {} bytes exceeds the maximum of {max_size}", encoded.len()),
+                format!(
+                    "message of {} bytes exceeds the maximum of {max_size}",
+                    encoded.len()
+                ),
             ));
         }
         let h = wire::MessageHeaders::decode(encoded.clone()).map_err(|e| {
-            Refusal::new(ErrorCode::InvalidMessage, format!("message does not decode: {e}"))
+            Refusal::new(
+                ErrorCode::InvalidMessage,
+                format!("message does not decode: {e}"),
+            )
         })?;
         let destination = match &h.destination {
-            None => return Err(Refusal::new(ErrorCode::InvalidDestination, "no destination")),
+            None => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidDestination,
+                    "no destination",
+                ));
+            }
             Some(d) => Destination::from_wire(d)
                 .map_err(|e| Refusal::new(ErrorCode::InvalidDestination, e.to_string()))?,
         };
@@ -78,8 +92,9 @@ impl BrokerMessage {
             ));
         }
         if let Some(r) = &h.reply_to {
-            Destination::from_wire(r)
-                .map_err(|e| Refusal::new(ErrorCode::InvalidDestination, format!("reply-to: {e}")))?;
+            Destination::from_wire(r).map_err(|e| {
+                Refusal::new(ErrorCode::InvalidDestination, format!("reply-to: {e}"))
+            })?;
         }
         if h.delivery_time > now_ms {
             return Err(Refusal::new(
@@ -113,7 +128,9 @@ impl BrokerMessage {
     /// left out (a valid selector cannot name them).
     pub fn properties(&self) -> &[(String, PropertyValue)] {
         self.properties.get_or_init(|| {
-            let Ok(w) = wire::Message::decode(self.encoded.clone()) else { return Vec::new() };
+            let Ok(w) = wire::Message::decode(self.encoded.clone()) else {
+                return Vec::new();
+            };
             w.properties
                 .iter()
                 .filter_map(|p| {

@@ -166,7 +166,14 @@ impl Queue {
         st.memory += msg.size();
         st.ready_count += 1;
         let prio = usize::from(msg.priority.min(9));
-        st.ready[prio].insert(seq, Entry { msg, delivery_count: 0, redelivered: false });
+        st.ready[prio].insert(
+            seq,
+            Entry {
+                msg,
+                delivery_count: 0,
+                redelivered: false,
+            },
+        );
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         self.dispatch(&mut st, now_ms);
     }
@@ -174,7 +181,11 @@ impl Queue {
     /// Attaches a consumer and dispatches to it.
     pub fn add_consumer(self: &Arc<Queue>, consumer: Arc<ConsumerShared>, now_ms: i64) {
         let mut st = self.state.lock();
-        st.consumers.push(ConsumerSlot { consumer, outstanding: 0, credit: 0 });
+        st.consumers.push(ConsumerSlot {
+            consumer,
+            outstanding: 0,
+            credit: 0,
+        });
         self.dispatch(&mut st, now_ms);
     }
 
@@ -191,7 +202,11 @@ impl Queue {
     /// Grants one-off credit beyond the consumer's window.
     pub fn add_credit(self: &Arc<Queue>, consumer_id: u64, credit: u32, now_ms: i64) {
         let mut st = self.state.lock();
-        if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+        if let Some(s) = st
+            .consumers
+            .iter_mut()
+            .find(|s| s.consumer.id == consumer_id)
+        {
             s.credit = s.credit.saturating_add(credit);
         }
         self.dispatch(&mut st, now_ms);
@@ -206,7 +221,11 @@ impl Queue {
             // Saturating: a purged subscription's deliveries may still be acknowledged.
             st.inflight = st.inflight.saturating_sub(1);
             st.memory = st.memory.saturating_sub(entry.msg.size());
-            if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+            if let Some(s) = st
+                .consumers
+                .iter_mut()
+                .find(|s| s.consumer.id == consumer_id)
+            {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }
         }
@@ -234,7 +253,11 @@ impl Queue {
             }
             st.inflight = st.inflight.saturating_sub(1);
             st.ready_count += 1;
-            if let Some(s) = st.consumers.iter_mut().find(|s| s.consumer.id == consumer_id) {
+            if let Some(s) = st
+                .consumers
+                .iter_mut()
+                .find(|s| s.consumer.id == consumer_id)
+            {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }
             let prio = usize::from(entry.msg.priority.min(9));
@@ -268,7 +291,9 @@ impl Queue {
                 if !st.consumers.iter().any(ConsumerSlot::has_room) {
                     return;
                 }
-                let Some((&seq, entry)) = st.ready[prio].range(cursor..).next() else { break };
+                let Some((&seq, entry)) = st.ready[prio].range(cursor..).next() else {
+                    break;
+                };
                 cursor = seq + 1;
                 if entry.msg.is_expired(now_ms) {
                     let size = entry.msg.size();

@@ -110,7 +110,12 @@ impl ConsumerShared {
         });
         self.session.unacked.lock().insert(
             delivery_id,
-            Unacked { consumer_id: self.id, queue: queue.clone(), seq, entry },
+            Unacked {
+                consumer_id: self.id,
+                queue: queue.clone(),
+                seq,
+                entry,
+            },
         );
         if self.out.send(frame).is_err() {
             // The connection is gone; its cleanup will not see this delivery, so take it back.

@@ -40,7 +40,11 @@ pub struct Topic {
 impl Topic {
     /// A topic with no subscriptions.
     pub fn new(name: Arc<str>) -> Arc<Topic> {
-        Arc::new(Topic { name, subscriptions: RwLock::new(Vec::new()), published: AtomicU64::new(0) })
+        Arc::new(Topic {
+            name,
+            subscriptions: RwLock::new(Vec::new()),
+            published: AtomicU64::new(0),
+        })
     }
 
     /// The name.

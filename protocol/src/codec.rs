@@ -70,7 +70,9 @@ impl Default for FrameCodec {
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame_size` bytes.
     pub fn new(max_frame_size: usize) -> FrameCodec {
-        FrameCodec { max_frame_size: max_frame_size.clamp(16, u32::MAX as usize) }
+        FrameCodec {
+            max_frame_size: max_frame_size.clamp(16, u32::MAX as usize),
+        }
     }
 
     /// The configured maximum.
@@ -92,7 +94,10 @@ impl Decoder for FrameCodec {
             return Err(CodecError::EmptyFrame);
         }
         if len > self.max_frame_size {
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_size });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
         }
         if src.len() < 4 + len {
             // Bounded by the check above: at most max_frame_size.
@@ -105,7 +110,10 @@ impl Decoder for FrameCodec {
         let ty = FrameType::from_u8(ty_byte).ok_or(CodecError::UnknownFrameType(ty_byte))?;
         Frame::decode_body(ty, body)
             .map(Some)
-            .map_err(|source| CodecError::Malformed { frame_type: ty, source })
+            .map_err(|source| CodecError::Malformed {
+                frame_type: ty,
+                source,
+            })
     }
 }
 
@@ -123,7 +131,10 @@ impl Encoder<&Frame> for FrameCodec {
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let len = frame.body_len() + 1;
         if len > self.max_frame_size {
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame_size });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_size,
+            });
         }
         frame.encode(dst);
         Ok(())
@@ -155,7 +166,10 @@ mod tests {
     fn round_trip_every_frame() {
         for f in sample_frames() {
             let mut buf = encode(&f);
-            let got = FrameCodec::default().decode(&mut buf).unwrap().expect("whole frame");
+            let got = FrameCodec::default()
+                .decode(&mut buf)
+                .unwrap()
+                .expect("whole frame");
             assert_eq!(got, f);
             assert!(buf.is_empty(), "{:?} left bytes behind", f.frame_type());
         }
@@ -168,7 +182,12 @@ mod tests {
             let body = f.body_len();
             let len = (body + 1) as u32;
             assert_eq!(&buf[..4], &len.to_be_bytes(), "{:?} length", f.frame_type());
-            assert_eq!(buf[4], f.frame_type() as u8, "{:?} type byte", f.frame_type());
+            assert_eq!(
+                buf[4],
+                f.frame_type() as u8,
+                "{:?} type byte",
+                f.frame_type()
+            );
             assert_eq!(buf.len(), HEADER_LEN + body);
         }
     }
@@ -237,7 +256,16 @@ mod tests {
         let mut b = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0x06][..]);
         let cap_before = b.capacity();
         let r = FrameCodec::default().decode(&mut b);
-        assert!(matches!(r, Err(CodecError::FrameTooLarge { len: 0xffff_ffff, .. })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(CodecError::FrameTooLarge {
+                    len: 0xffff_ffff,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
         assert_eq!(b.capacity(), cap_before);
         assert_eq!(r.unwrap_err().error_code(), ErrorCode::FrameTooLarge);
     }
@@ -245,7 +273,10 @@ mod tests {
     #[test]
     fn zero_length_and_unknown_type_and_garbage() {
         let mut b = BytesMut::from(&[0, 0, 0, 0][..]);
-        assert!(matches!(FrameCodec::default().decode(&mut b), Err(CodecError::EmptyFrame)));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut b),
+            Err(CodecError::EmptyFrame)
+        ));
 
         let mut b = BytesMut::from(&[0, 0, 0, 3, 0xee, 0x08, 0x01][..]);
         let e = FrameCodec::default().decode(&mut b).unwrap_err();
@@ -255,7 +286,16 @@ mod tests {
         // A Send whose body is a varint field that never ends.
         let mut b = BytesMut::from(&[0, 0, 0, 4, FrameType::Send as u8, 0x08, 0xff, 0xff][..]);
         let e = FrameCodec::default().decode(&mut b).unwrap_err();
-        assert!(matches!(e, CodecError::Malformed { frame_type: FrameType::Send, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                CodecError::Malformed {
+                    frame_type: FrameType::Send,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -268,10 +308,16 @@ mod tests {
         });
         let mut small = FrameCodec::new(64);
         let mut out = BytesMut::new();
-        assert!(matches!(small.encode(&big, &mut out), Err(CodecError::FrameTooLarge { .. })));
+        assert!(matches!(
+            small.encode(&big, &mut out),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
         assert!(out.is_empty());
         let mut wire = encode(&big);
-        assert!(matches!(small.decode(&mut wire), Err(CodecError::FrameTooLarge { .. })));
+        assert!(matches!(
+            small.decode(&mut wire),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -290,7 +336,10 @@ mod tests {
             panic!("not a send")
         };
         let p = s.message.as_ptr() as usize;
-        assert!(p >= start && p < end, "the body was copied out of the read buffer");
+        assert!(
+            p >= start && p < end,
+            "the body was copied out of the read buffer"
+        );
     }
 
     #[test]

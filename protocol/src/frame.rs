@@ -149,7 +149,11 @@ impl Frame {
 
     /// A connection-level or request-level error frame.
     pub fn error(request_id: u64, code: crate::ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error(wire::Error { request_id, code: code.code(), message: message.into() })
+        Frame::Error(wire::Error {
+            request_id,
+            code: code.code(),
+            message: message.into(),
+        })
     }
 }
 

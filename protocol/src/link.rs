@@ -24,5 +24,8 @@ pub struct LocalLink {
 pub fn local_link_pair(capacity: usize) -> (LocalLink, LocalLink) {
     let (a_tx, b_rx) = mpsc::channel(capacity);
     let (b_tx, a_rx) = mpsc::channel(capacity);
-    (LocalLink { tx: a_tx, rx: a_rx }, LocalLink { tx: b_tx, rx: b_rx })
+    (
+        LocalLink { tx: a_tx, rx: a_rx },
+        LocalLink { tx: b_tx, rx: b_rx },
+    )
 }

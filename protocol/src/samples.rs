@@ -9,7 +9,9 @@ use crate::wire;
 /// One frame of each type, with every field set to something other than its default.
 pub fn sample_frames() -> Vec<Frame> {
     let dest = Some(Destination::queue("orders").unwrap().to_wire());
-    let mut msg = Message::text("hello").with_property("region", "eu").unwrap();
+    let mut msg = Message::text("hello")
+        .with_property("region", "eu")
+        .unwrap();
     msg.message_id = Some("ID:sample-1".into());
     msg.destination = Destination::queue("orders").ok();
     msg.timestamp = 1_700_000_000_000;
@@ -33,14 +35,31 @@ pub fn sample_frames() -> Vec<Frame> {
             max_frame_size: 1 << 20,
         }
         .into(),
-        wire::Close { code: 18, message: "bye".into() }.into(),
-        wire::Error { request_id: 3, code: 5, message: "bad name".into() }.into(),
+        wire::Close {
+            code: 18,
+            message: "bye".into(),
+        }
+        .into(),
+        wire::Error {
+            request_id: 3,
+            code: 5,
+            message: "bad name".into(),
+        }
+        .into(),
         wire::Ok { request_id: 4 }.into(),
         wire::Ping { nonce: 77 }.into(),
         wire::Pong { nonce: 77 }.into(),
-        wire::SessionOpen { request_id: 1, session_id: 2, ack_mode: wire::AckMode::Client as i32 }
-            .into(),
-        wire::SessionClose { request_id: 5, session_id: 2 }.into(),
+        wire::SessionOpen {
+            request_id: 1,
+            session_id: 2,
+            ack_mode: wire::AckMode::Client as i32,
+        }
+        .into(),
+        wire::SessionClose {
+            request_id: 5,
+            session_id: 2,
+        }
+        .into(),
         wire::ProducerOpen {
             request_id: 6,
             session_id: 2,
@@ -49,10 +68,30 @@ pub fn sample_frames() -> Vec<Frame> {
             destination: dest.clone(),
         }
         .into(),
-        wire::ProducerClose { request_id: 7, producer_id: 3 }.into(),
-        wire::Send { producer_id: 3, sequence: 41, receipt: true, message: encoded.clone() }.into(),
-        wire::SendReceipt { producer_id: 3, sequence: 41 }.into(),
-        wire::SendFailure { producer_id: 3, sequence: 42, code: 8, message: "full".into() }.into(),
+        wire::ProducerClose {
+            request_id: 7,
+            producer_id: 3,
+        }
+        .into(),
+        wire::Send {
+            producer_id: 3,
+            sequence: 41,
+            receipt: true,
+            message: encoded.clone(),
+        }
+        .into(),
+        wire::SendReceipt {
+            producer_id: 3,
+            sequence: 41,
+        }
+        .into(),
+        wire::SendFailure {
+            producer_id: 3,
+            sequence: 42,
+            code: 8,
+            message: "full".into(),
+        }
+        .into(),
         wire::ConsumerOpen {
             request_id: 8,
             session_id: 2,
@@ -67,7 +106,12 @@ pub fn sample_frames() -> Vec<Frame> {
             browser: true,
         }
         .into(),
-        wire::ConsumerClose { request_id: 9, consumer_id: 4, last_consumed: 99 }.into(),
+        wire::ConsumerClose {
+            request_id: 9,
+            consumer_id: 4,
+            last_consumed: 99,
+        }
+        .into(),
         wire::Deliver {
             consumer_id: 4,
             delivery_id: 100,
@@ -87,14 +131,33 @@ pub fn sample_frames() -> Vec<Frame> {
         wire::Nack {
             session_id: 2,
             request_id: 11,
-            consumed: vec![wire::ConsumerPosition { consumer_id: 4, delivery_id: 100 }],
+            consumed: vec![wire::ConsumerPosition {
+                consumer_id: 4,
+                delivery_id: 100,
+            }],
             delivery_id: 0,
         }
         .into(),
-        wire::Flow { consumer_id: 4, credit: 5 }.into(),
-        wire::TxBegin { request_id: 12, session_id: 2 }.into(),
-        wire::TxCommit { request_id: 13, session_id: 2 }.into(),
-        wire::TxRollback { request_id: 14, session_id: 2 }.into(),
+        wire::Flow {
+            consumer_id: 4,
+            credit: 5,
+        }
+        .into(),
+        wire::TxBegin {
+            request_id: 12,
+            session_id: 2,
+        }
+        .into(),
+        wire::TxCommit {
+            request_id: 13,
+            session_id: 2,
+        }
+        .into(),
+        wire::TxRollback {
+            request_id: 14,
+            session_id: 2,
+        }
+        .into(),
     ]
 }
 

@@ -38,7 +38,10 @@ impl DestinationKind {
 
     /// Temporary destinations.
     pub fn is_temporary(self) -> bool {
-        matches!(self, DestinationKind::TempQueue | DestinationKind::TempTopic)
+        matches!(
+            self,
+            DestinationKind::TempQueue | DestinationKind::TempTopic
+        )
     }
 }
 
@@ -58,7 +61,10 @@ impl Destination {
     /// A destination of the given kind, if the name is valid.
     pub fn new(kind: DestinationKind, name: &str) -> Result<Destination, ModelError> {
         validate_name(name)?;
-        Ok(Destination { kind, name: Arc::from(name) })
+        Ok(Destination {
+            kind,
+            name: Arc::from(name),
+        })
     }
 
     /// A queue.
@@ -89,7 +95,10 @@ impl Destination {
             DestinationKind::TempQueue => wire::DestinationKind::TempQueue,
             DestinationKind::TempTopic => wire::DestinationKind::TempTopic,
         };
-        wire::Destination { kind: kind as i32, name: self.name.to_string() }
+        wire::Destination {
+            kind: kind as i32,
+            name: self.name.to_string(),
+        }
     }
 
     /// From the protobuf form, validating it.
@@ -139,7 +148,12 @@ impl fmt::Display for Destination {
 }
 
 fn validate_name(name: &str) -> Result<(), ModelError> {
-    let bad = |reason| Err(ModelError::InvalidDestination { name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(ModelError::InvalidDestination {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return bad("empty");
     }
@@ -169,7 +183,14 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for n in ["orders", "orders.eu", "a-b_c:d", "Zählung", "x1", &"q".repeat(255)] {
+        for n in [
+            "orders",
+            "orders.eu",
+            "a-b_c:d",
+            "Zählung",
+            "x1",
+            &"q".repeat(255),
+        ] {
             assert!(Destination::queue(n).is_ok(), "{n}");
         }
     }
@@ -207,7 +228,10 @@ mod tests {
         }
         assert!(Destination::parse("orders").is_err());
         assert!(Destination::parse("mailbox://x").is_err());
-        let w = wire::Destination { kind: 99, name: "x".into() };
+        let w = wire::Destination {
+            kind: 99,
+            name: "x".into(),
+        };
         assert!(Destination::from_wire(&w).is_err());
     }
 }

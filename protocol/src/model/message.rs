@@ -102,7 +102,10 @@ impl Default for Message {
 impl Message {
     /// A message with the given body and default headers.
     pub fn new(body: Body) -> Message {
-        Message { body, ..Message::default() }
+        Message {
+            body,
+            ..Message::default()
+        }
     }
 
     /// A `TextMessage`.
@@ -152,7 +155,11 @@ impl Message {
             "JMSXDeliveryCount" => {
                 (self.delivery_count != 0).then_some(PropertyValue::Int(self.delivery_count as i32))
             }
-            _ => self.properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            _ => self
+                .properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
         }
     }
 
@@ -171,15 +178,21 @@ impl Message {
         };
         match name {
             "JMSXGroupID" => {
-                let PropertyValue::String(s) = value else { return Err(wrong("a String")) };
+                let PropertyValue::String(s) = value else {
+                    return Err(wrong("a String"));
+                };
                 self.group_id = Some(s);
             }
             "JMSXGroupSeq" => {
-                let PropertyValue::Int(i) = value else { return Err(wrong("an int")) };
+                let PropertyValue::Int(i) = value else {
+                    return Err(wrong("an int"));
+                };
                 self.group_seq = i;
             }
             "JMSXUserID" => {
-                let PropertyValue::String(s) = value else { return Err(wrong("a String")) };
+                let PropertyValue::String(s) = value else {
+                    return Err(wrong("a String"));
+                };
                 self.user_id = Some(s);
             }
             "JMSXDeliveryCount" => {
@@ -223,12 +236,15 @@ impl Message {
             Body::Map(m) => Some(B::Map(wire::MapBody {
                 entries: m
                     .iter()
-                    .map(|(k, v)| wire::MapEntry { name: k.clone(), value: Some(v.to_wire()) })
+                    .map(|(k, v)| wire::MapEntry {
+                        name: k.clone(),
+                        value: Some(v.to_wire()),
+                    })
                     .collect(),
             })),
-            Body::Stream(s) => {
-                Some(B::Stream(wire::StreamBody { values: s.iter().map(Value::to_wire).collect() }))
-            }
+            Body::Stream(s) => Some(B::Stream(wire::StreamBody {
+                values: s.iter().map(Value::to_wire).collect(),
+            })),
         };
         wire::Message {
             message_id: self.message_id.clone().unwrap_or_default(),
@@ -247,7 +263,10 @@ impl Message {
             properties: self
                 .properties
                 .iter()
-                .map(|(k, v)| wire::Property { name: k.clone(), value: Some(v.to_wire()) })
+                .map(|(k, v)| wire::Property {
+                    name: k.clone(),
+                    value: Some(v.to_wire()),
+                })
                 .collect(),
             body,
         }
@@ -310,7 +329,11 @@ impl Message {
         };
         Ok(Message {
             message_id: non_empty(w.message_id),
-            destination: w.destination.as_ref().map(Destination::from_wire).transpose()?,
+            destination: w
+                .destination
+                .as_ref()
+                .map(Destination::from_wire)
+                .transpose()?,
             delivery_mode: if w.persistent {
                 DeliveryMode::Persistent
             } else {
@@ -321,7 +344,11 @@ impl Message {
             expiration: w.expiration,
             delivery_time: w.delivery_time,
             correlation_id: w.correlation_id,
-            reply_to: w.reply_to.as_ref().map(Destination::from_wire).transpose()?,
+            reply_to: w
+                .reply_to
+                .as_ref()
+                .map(Destination::from_wire)
+                .transpose()?,
             jms_type: w.r#type,
             group_id: w.group_id,
             group_seq: w.group_seq,
@@ -389,7 +416,11 @@ mod tests {
             Body::Text("héllo".into()),
             Body::Bytes(Bytes::from_static(b"\0\xff")),
             Body::Object(Bytes::from_static(b"\xac\xed")),
-            Body::Stream(vec![Value::Bool(false), Value::Double(1e300), Value::String("s".into())]),
+            Body::Stream(vec![
+                Value::Bool(false),
+                Value::Double(1e300),
+                Value::String("s".into()),
+            ]),
             full().body,
         ];
         for body in bodies {
@@ -426,13 +457,25 @@ mod tests {
     fn wire_input_is_checked() {
         let mut w = full().to_wire();
         w.priority = 10;
-        assert_eq!(Message::from_wire(w).unwrap_err(), ModelError::InvalidPriority(10));
+        assert_eq!(
+            Message::from_wire(w).unwrap_err(),
+            ModelError::InvalidPriority(10)
+        );
         let mut w = full().to_wire();
         w.properties[0].name = "1bad".into();
-        assert!(matches!(Message::from_wire(w), Err(ModelError::InvalidPropertyName { .. })));
+        assert!(matches!(
+            Message::from_wire(w),
+            Err(ModelError::InvalidPropertyName { .. })
+        ));
         let mut w = full().to_wire();
-        w.destination = Some(wire::Destination { kind: 0, name: "a b".into() });
-        assert!(matches!(Message::from_wire(w), Err(ModelError::InvalidDestination { .. })));
+        w.destination = Some(wire::Destination {
+            kind: 0,
+            name: "a b".into(),
+        });
+        assert!(matches!(
+            Message::from_wire(w),
+            Err(ModelError::InvalidDestination { .. })
+        ));
         assert!(matches!(
             Message::decode(Bytes::from_static(&[0x0a, 0xff])),
             Err(ModelError::Malformed(_))

@@ -9,7 +9,7 @@ mod message;
 mod value;
 
 pub use destination::{Destination, DestinationKind, MAX_DESTINATION_NAME_LEN};
-pub use message::{Body, DeliveryMode, Message, DEFAULT_PRIORITY};
+pub use message::{Body, DEFAULT_PRIORITY, DeliveryMode, Message};
 pub use value::{PropertyValue, Value, validate_property_name};
 
 /// A violation of the model's rules.

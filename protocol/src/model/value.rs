@@ -221,14 +221,20 @@ from_impls!(Value: bool => Bool, i8 => Byte, i16 => Short, i32 => Int, i64 => Lo
     f32 => Float, f64 => Double, String => String, &str => String, Bytes => Bytes);
 
 /// Words a property name may not be (selector keywords), compared without case.
-const RESERVED: [&str; 11] =
-    ["NULL", "TRUE", "FALSE", "NOT", "AND", "OR", "BETWEEN", "LIKE", "IN", "IS", "ESCAPE"];
+const RESERVED: [&str; 11] = [
+    "NULL", "TRUE", "FALSE", "NOT", "AND", "OR", "BETWEEN", "LIKE", "IN", "IS", "ESCAPE",
+];
 
 /// Checks the JMS rules for property names: a Java identifier (a letter, `_` or `$`, then letters,
 /// digits, `_` or `$`), not a selector keyword, and not in the `JMS` namespace except the `JMSX`
 /// properties the specification defines and the `JMS_` vendor prefix.
 pub fn validate_property_name(name: &str) -> Result<(), ModelError> {
-    let bad = |reason| Err(ModelError::InvalidPropertyName { name: name.to_string(), reason });
+    let bad = |reason| {
+        Err(ModelError::InvalidPropertyName {
+            name: name.to_string(),
+            reason,
+        })
+    };
     let mut chars = name.chars();
     match chars.next() {
         None => return bad("empty"),
@@ -253,10 +259,29 @@ mod tests {
 
     #[test]
     fn property_names() {
-        for ok in ["a", "_x", "$y", "order_id", "Größe", "JMSXGroupID", "JMS_acme_x", "nulls"] {
+        for ok in [
+            "a",
+            "_x",
+            "$y",
+            "order_id",
+            "Größe",
+            "JMSXGroupID",
+            "JMS_acme_x",
+            "nulls",
+        ] {
             assert!(validate_property_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1a", "a-b", "a b", "NULL", "and", "Between", "JMSPriority", "JMSfoo"] {
+        for bad in [
+            "",
+            "1a",
+            "a-b",
+            "a b",
+            "NULL",
+            "and",
+            "Between",
+            "JMSPriority",
+            "JMSfoo",
+        ] {
             assert!(validate_property_name(bad).is_err(), "{bad}");
         }
     }
@@ -265,12 +290,22 @@ mod tests {
     fn jms_conversion_table() {
         assert_eq!(PropertyValue::Byte(-3).to_long().unwrap(), -3);
         assert_eq!(PropertyValue::Short(7).to_int().unwrap(), 7);
-        assert!(PropertyValue::Long(7).to_int().is_err(), "long does not narrow to int");
-        assert!(PropertyValue::Int(1).to_double().is_err(), "int does not read as double");
+        assert!(
+            PropertyValue::Long(7).to_int().is_err(),
+            "long does not narrow to int"
+        );
+        assert!(
+            PropertyValue::Int(1).to_double().is_err(),
+            "int does not read as double"
+        );
         assert_eq!(PropertyValue::Float(1.5).to_double().unwrap(), 1.5);
         assert_eq!(PropertyValue::String(" 42 ".into()).to_long().unwrap(), 42);
         assert!(PropertyValue::String("4x".into()).to_long().is_err());
-        assert!(PropertyValue::String("yes".into()).to_bool().is_ok_and(|b| !b));
+        assert!(
+            PropertyValue::String("yes".into())
+                .to_bool()
+                .is_ok_and(|b| !b)
+        );
         assert!(PropertyValue::Int(1).to_bool().is_err());
         assert_eq!(PropertyValue::Double(2.5).to_string_value(), "2.5");
     }
@@ -284,7 +319,12 @@ mod tests {
         assert!(Value::from_wire(&w(Kind::Char(0x1_0000)), "c").is_err());
         assert!(Value::from_wire(&wire::Value { kind: None }, "n").is_err());
         assert!(PropertyValue::from_wire(&w(Kind::Bytes(Bytes::new())), "p").is_err());
-        for v in [Value::Byte(-128), Value::Short(i16::MAX), Value::Char(0xffff), Value::Bytes(Bytes::from_static(b"x"))] {
+        for v in [
+            Value::Byte(-128),
+            Value::Short(i16::MAX),
+            Value::Char(0xffff),
+            Value::Bytes(Bytes::from_static(b"x")),
+        ] {
             assert_eq!(Value::from_wire(&v.to_wire(), "v").unwrap(), v);
         }
     }

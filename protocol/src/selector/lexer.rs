@@ -149,7 +149,10 @@ impl<'a> Lexer<'a> {
         let mut out = Vec::new();
         loop {
             // Whitespace per the spec: space, horizontal tab, form feed and line terminators.
-            while matches!(self.peek_byte(0), Some(b' ' | b'\t' | b'\x0C' | b'\n' | b'\r')) {
+            while matches!(
+                self.peek_byte(0),
+                Some(b' ' | b'\t' | b'\x0C' | b'\n' | b'\r')
+            ) {
                 self.pos += 1;
             }
             let start = self.pos;
@@ -258,7 +261,8 @@ impl<'a> Lexer<'a> {
     /// fraction and/or exponent and an optional `F`/`D` suffix (`7.`, `.5`, `6.E3`, `1e-5`, `2f`).
     fn number(&mut self) -> Result<Tok<'a>, SelectorError> {
         let start = self.pos;
-        let tok = if self.peek_byte(0) == Some(b'0') && matches!(self.peek_byte(1), Some(b'x' | b'X'))
+        let tok = if self.peek_byte(0) == Some(b'0')
+            && matches!(self.peek_byte(1), Some(b'x' | b'X'))
         {
             self.pos += 2;
             let digits_start = self.pos;
@@ -266,8 +270,7 @@ impl<'a> Lexer<'a> {
                 return Err(self.invalid_number(start));
             }
             let digits = &self.text[digits_start..self.pos];
-            let value = u64::from_str_radix(digits, 16)
-                .map_err(|_| self.out_of_range(start))?;
+            let value = u64::from_str_radix(digits, 16).map_err(|_| self.out_of_range(start))?;
             self.eat_long_suffix();
             Tok::Exact {
                 magnitude: value,

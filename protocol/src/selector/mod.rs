@@ -199,7 +199,9 @@ impl Selector {
         Ok(Selector {
             text: text.into(),
             expr: parsed.expr,
-            empty: text.trim_matches([' ', '\t', '\x0C', '\n', '\r']).is_empty(),
+            empty: text
+                .trim_matches([' ', '\t', '\x0C', '\n', '\r'])
+                .is_empty(),
             identifiers: parsed.identifiers.into_boxed_slice(),
         })
     }

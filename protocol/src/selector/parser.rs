@@ -173,7 +173,13 @@ impl<'a> Parser<'a> {
         self.nesting -= 1;
     }
 
-    fn node(&self, expr: Expr, kind: Kind, children: &[usize], start: usize) -> Result<Node, SelectorError> {
+    fn node(
+        &self,
+        expr: Expr,
+        kind: Kind,
+        children: &[usize],
+        start: usize,
+    ) -> Result<Node, SelectorError> {
         let depth = children.iter().copied().max().unwrap_or(0) + 1;
         if depth > MAX_DEPTH {
             return Err(self.error(start, K::TooDeep { max: MAX_DEPTH }));
@@ -205,7 +211,10 @@ impl<'a> Parser<'a> {
         } else {
             Err(self.type_error(
                 node,
-                format!("{context} must be a boolean expression, found {}", node.kind.name()),
+                format!(
+                    "{context} must be a boolean expression, found {}",
+                    node.kind.name()
+                ),
             ))
         }
     }
@@ -234,12 +243,16 @@ impl<'a> Parser<'a> {
 
     /// `or_expr = and_expr { OR and_expr }`
     fn or(&mut self) -> Result<Node, SelectorError> {
-        self.chain(Tok::Or, "OR", Self::and, |terms| Expr::Or(terms.into_boxed_slice()))
+        self.chain(Tok::Or, "OR", Self::and, |terms| {
+            Expr::Or(terms.into_boxed_slice())
+        })
     }
 
     /// `and_expr = not_expr { AND not_expr }`
     fn and(&mut self) -> Result<Node, SelectorError> {
-        self.chain(Tok::And, "AND", Self::not, |terms| Expr::And(terms.into_boxed_slice()))
+        self.chain(Tok::And, "AND", Self::not, |terms| {
+            Expr::And(terms.into_boxed_slice())
+        })
     }
 
     fn chain(
@@ -491,7 +504,13 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn arith(&self, op: ArithOp, symbol: &str, left: Node, right: Node) -> Result<Node, SelectorError> {
+    fn arith(
+        &self,
+        op: ArithOp,
+        symbol: &str,
+        left: Node,
+        right: Node,
+    ) -> Result<Node, SelectorError> {
         self.numeric(&left, symbol)?;
         self.numeric(&right, symbol)?;
         let start = left.start;

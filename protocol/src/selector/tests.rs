@@ -299,10 +299,14 @@ fn table() {
         let source = Props(props);
         let got = selector.evaluate(&source);
         if got != *expected {
-            failures.push(format!("row {i}: {text:?} with {props:?}: expected {expected:?}, got {got:?}"));
+            failures.push(format!(
+                "row {i}: {text:?} with {props:?}: expected {expected:?}, got {got:?}"
+            ));
         }
         if selector.matches(&source) != (*expected == Truth::True) {
-            failures.push(format!("row {i}: {text:?}: matches() disagrees with evaluate()"));
+            failures.push(format!(
+                "row {i}: {text:?}: matches() disagrees with evaluate()"
+            ));
         }
         // NOT must invert TRUE and FALSE and keep UNKNOWN, whatever the selector is.
         if !text.trim().is_empty() {
@@ -314,9 +318,523 @@ fn table() {
             };
             let got = negated.evaluate(&source);
             if got != want {
-                failures.push(format!("row {i}: NOT ({text}): expected {want:?}, got {got:?}"));
+                failures.push(format!(
+                    "row {i}: NOT ({text}): expected {want:?}, got {got:?}"
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Invalid selectors: each must give an error (never a panic), and the listed ones a specific
+/// message and column.
+#[test]
+fn invalid_selectors_are_rejected() {
+    let invalid: &[&str] = &[
+        "color = ",
+        "(color = 'red'",
+        "color = 'red",
+        "color == 'red'",
+        "color != 'red'",
+        "color = \"red\"",
+        "a = 1 AND",
+        "AND a = 1",
+        "a = 1 b = 2",
+        "a = 1)",
+        "()",
+        "a = b = c",
+        "a # b",
+        "a BETWEEN 1",
+        "a BETWEEN 1 OR 2",
+        "a BETWEEN 'x' AND 'y'",
+        "a NOT 5",
+        "a IN ()",
+        "a IN ('x',)",
+        "a IN (1, 2)",
+        "a IN 'x'",
+        "a IN ('x'",
+        "a LIKE b",
+        "a LIKE 'x' ESCAPE",
+        "a LIKE 'x' ESCAPE 'ab'",
+        "a LIKE 'x' ESCAPE ''",
+        "a LIKE 'x!' ESCAPE '!'",
+        "a IS 5",
+        "a IS NOT",
+        "a NOT NULL",
+        "a NOT IS NULL",
+        "x = NULL",
+        "NULL IS NULL",
+        "'a' > 1",
+        "1 = 'a'",
+        "TRUE = 1",
+        "a < TRUE",
+        "x + 'a' = 1",
+        "-'a' = 1",
+        "1 AND x",
+        "x OR 'a'",
+        "NOT 5",
+        "5",
+        "x + 1",
+        "'abc'",
+        "5 LIKE 'a'",
+        "TRUE IN ('a')",
+        "a = 9223372036854775808",
+        "a = 99999999999999999999",
+        "a = 1e999",
+        "a = 1e999f",
+        "a = 0x",
+        "a = 0xG",
+        "a = 1e",
+        "a = 1e+",
+        "a = 09",
+        "a = 12abc",
+        "a = 1.2.3",
+        "n=1OR n=2",
+        "a = 0xFFFFFFFFFFFFFFFFF",
+        "a = .",
+        "JMSDestination = 'q'",
+        "JMSReplyTo IS NULL",
+        "JMSRedelivered = TRUE",
+        "and = 1",
+        "a = 1 AND OR b = 2",
+        "a = -",
+        "a *",
+        "(",
+        ")",
+        ",",
+        "'",
+        "a LIKE 'x' ESCAPE 'y' ESCAPE 'z'",
+    ];
+    assert!(invalid.len() >= 25);
+    for text in invalid {
+        let result = Selector::parse(text);
+        assert!(
+            result.is_err(),
+            "{text:?} should be rejected, parsed as {result:?}"
+        );
+    }
+
+    let message = |text: &str| Selector::parse(text).unwrap_err().to_string();
+    assert_eq!(
+        message("(color = 'red'"),
+        "expected ')', found end of selector at column 15"
+    );
+    assert_eq!(
+        message("color = 'red"),
+        "unterminated string literal at column 9"
+    );
+    assert_eq!(
+        message("color != 'red'"),
+        "'!=' is not a selector operator, use '<>' at column 7"
+    );
+    assert_eq!(
+        message("a = 1 b = 2"),
+        "expected AND, OR or end of selector, found identifier 'b' at column 7"
+    );
+    assert_eq!(
+        message("'a' > 1"),
+        "'>' works on numbers only, found a string at column 1"
+    );
+    assert_eq!(
+        message("x = NULL"),
+        "NULL can only be used in IS NULL or IS NOT NULL at column 5"
+    );
+    assert_eq!(
+        message("a = 12abc"),
+        "invalid numeric literal '12abc' at column 5"
+    );
+    assert_eq!(
+        message("a = 09"),
+        "invalid numeric literal '09' at column 5"
+    );
+    assert_eq!(
+        message("a = 9223372036854775808"),
+        "numeric literal '9223372036854775808' is out of range at column 5"
+    );
+    assert_eq!(
+        message("JMSReplyTo IS NULL"),
+        "header JMSReplyTo cannot be used in a selector at column 1"
+    );
+    assert_eq!(
+        message("1 AND x"),
+        "an operand of AND must be a boolean expression, found a number at column 1"
+    );
+    assert_eq!(
+        message("x + 1"),
+        "a selector must be a boolean expression, found a number at column 1"
+    );
+    assert_eq!(
+        message("a LIKE 'x' ESCAPE 'ab'"),
+        "ESCAPE must be a single character, found 'ab' at column 19"
+    );
+    assert_eq!(
+        message("a IN ()"),
+        "expected a string literal in the IN list, found ')' at column 7"
+    );
+    assert_eq!(
+        message("a NOT 5"),
+        "expected BETWEEN, IN or LIKE after NOT, found a number at column 7"
+    );
+    // Columns count characters, not bytes.
+    assert_eq!(
+        message("größe = 'ü"),
+        "unterminated string literal at column 9"
+    );
+    assert_eq!(message("é # 1"), "unexpected character '#' at column 3");
+
+    let err = Selector::parse("a = 1 AND b = ").unwrap_err();
+    assert_eq!((err.column, err.offset), (15, 14));
+    assert!(matches!(err.kind, SelectorErrorKind::Expected { .. }));
+}
+
+#[test]
+fn limits() {
+    // Nesting: parentheses, NOT and signs, each up to just under the limit and just over it.
+    let parens = |n: usize| format!("{}a = 1{}", "(".repeat(n), ")".repeat(n));
+    assert!(Selector::parse(&parens(MAX_DEPTH - 1)).is_ok());
+    let err = Selector::parse(&parens(100_000.min(MAX_SELECTOR_LEN / 2 - 4))).unwrap_err();
+    assert_eq!(err.kind, SelectorErrorKind::TooDeep { max: MAX_DEPTH });
+    assert!(Selector::parse(&format!("{}a", "NOT ".repeat(MAX_DEPTH - 1))).is_ok());
+    assert!(Selector::parse(&format!("{}a", "NOT ".repeat(MAX_DEPTH + 1))).is_err());
+    assert!(Selector::parse(&format!("{}a > 1", "-".repeat(MAX_DEPTH + 1))).is_err());
+    assert!(Selector::parse(&format!("{}a > 1", "- ".repeat(MAX_DEPTH - 2))).is_ok());
+
+    // Tree height: a left-deep arithmetic chain is bounded even without parentheses…
+    let chain = |n: usize| format!("a{} > 1", " + a".repeat(n));
+    assert!(Selector::parse(&chain(MAX_DEPTH - 3)).is_ok());
+    let err = Selector::parse(&chain(2_000)).unwrap_err();
+    assert_eq!(err.kind, SelectorErrorKind::TooDeep { max: MAX_DEPTH });
+    // …while AND/OR chains are flattened, so a long conjunction is fine.
+    let terms: Vec<String> = (0..1_000).map(|i| format!("p{i} = {i}")).collect();
+    let conjunction = Selector::parse(&terms.join(" AND ")).unwrap();
+    let props: Vec<(String, V)> = (0..1_000).map(|i| (format!("p{i}"), L(i))).collect();
+    let props: Vec<(&str, V)> = props.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert!(conjunction.matches(&Props(&props)));
+    assert_eq!(conjunction.identifiers().count(), 1_000);
+
+    // A long IN list.
+    let ids: Vec<String> = (0..500).map(|i| format!("'ID:{i:05}'")).collect();
+    let in_list = Selector::parse(&format!("JMSMessageID IN ({})", ids.join(", "))).unwrap();
+    assert!(in_list.matches(&Props(&[("JMSMessageID", S("ID:00499"))])));
+    assert!(!in_list.matches(&Props(&[("JMSMessageID", S("ID:00500"))])));
+
+    // Length.
+    let long = format!("a = '{}'", "x".repeat(MAX_SELECTOR_LEN));
+    let err = Selector::parse(&long).unwrap_err();
+    assert!(
+        matches!(err.kind, SelectorErrorKind::TooLong { .. }),
+        "{err}"
+    );
+    let just_fits = format!("a = '{}'", "x".repeat(MAX_SELECTOR_LEN - 6));
+    assert!(Selector::parse(&just_fits).is_ok());
+}
+
+#[test]
+fn accessors_and_traits() {
+    fn assert_traits<T: Clone + std::fmt::Debug + Send + Sync + 'static>() {}
+    assert_traits::<Selector>();
+    assert_traits::<SelectorError>();
+
+    let s = Selector::parse("b = 1 AND a LIKE 'x%' OR b IS NULL").unwrap();
+    assert_eq!(s.text(), "b = 1 AND a LIKE 'x%' OR b IS NULL");
+    assert_eq!(s.to_string(), s.text());
+    assert_eq!(s.identifiers().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(!s.is_empty());
+    let copy = s.clone();
+    assert!(copy.matches(&Props(&[])));
+
+    let empty: Selector = "  ".parse().unwrap();
+    assert!(empty.is_empty());
+    assert!(empty.matches(&Props(&[])));
+    assert_eq!(empty.identifiers().count(), 0);
+
+    // A source that hands out owned strings works too (e.g. a computed JMSDeliveryMode).
+    struct Owned;
+    impl SelectorSource for Owned {
+        fn value(&self, identifier: &str) -> Option<SelectorValue<'_>> {
+            (identifier == headers::JMS_DELIVERY_MODE)
+                .then(|| SelectorValue::Str(Cow::Owned(headers::PERSISTENT.to_owned())))
+        }
+    }
+    let s = Selector::parse("JMSDeliveryMode = 'PERSISTENT'").unwrap();
+    assert!(s.matches(&Owned));
+}
+
+/// xorshift64*: deterministic, dependency-free randomness for the fuzz loops.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Values that like to break arithmetic and comparisons.
+fn random_value(rng: &mut Rng) -> Option<V> {
+    const VALUES: [V; 14] = [
+        L(0),
+        L(1),
+        L(-1),
+        L(i64::MAX),
+        L(i64::MIN),
+        D(0.0),
+        D(-0.0),
+        D(1.5),
+        D(f64::NAN),
+        D(f64::INFINITY),
+        S(""),
+        S("a%_"),
+        B(true),
+        B(false),
+    ];
+    let i = rng.below(VALUES.len() + 2);
+    VALUES.get(i).copied()
+}
+
+fn check_no_panic(text: &str, rng: &mut Rng) {
+    let Ok(selector) = Selector::parse(text) else {
+        return;
+    };
+    let names = ["a", "b", "c", "JMSPriority"];
+    let values: Vec<(&str, V)> = names
+        .iter()
+        .filter_map(|name| random_value(rng).map(|v| (*name, v)))
+        .collect();
+    let source = Props(&values);
+    let truth = selector.evaluate(&source);
+    assert_eq!(selector.matches(&source), truth == Truth::True);
+    // Whatever parsed must also parse negated, and NOT must behave.
+    if !selector.is_empty() {
+        let negated = Selector::parse(&format!("NOT ({text})"));
+        if let Ok(negated) = negated {
+            let want = match truth {
+                Truth::True => Truth::False,
+                Truth::False => Truth::True,
+                Truth::Unknown => Truth::Unknown,
+            };
+            assert_eq!(negated.evaluate(&source), want, "NOT ({text})");
+        }
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = Rng(0x5EED_0000_0000_0001);
+    for _ in 0..20_000 {
+        let len = rng.below(48);
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                // Mostly selector-ish ASCII, sometimes anything (including invalid UTF-8).
+                if rng.below(8) == 0 {
+                    rng.next() as u8
+                } else {
+                    b" ()'=<>!+-*/.,_%$0123456789abcxeEfFLlAND"[rng.below(40)]
+                }
+            })
+            .collect();
+        let text = String::from_utf8_lossy(&bytes);
+        check_no_panic(&text, &mut rng);
+    }
+}
+
+#[test]
+fn random_token_soup_never_panics() {
+    const WORDS: &[&str] = &[
+        "a",
+        "b",
+        "c",
+        "JMSPriority",
+        "JMSReplyTo",
+        "AND",
+        "OR",
+        "NOT",
+        "BETWEEN",
+        "LIKE",
+        "IN",
+        "IS",
+        "NULL",
+        "ESCAPE",
+        "TRUE",
+        "FALSE",
+        "(",
+        ")",
+        "(",
+        ")",
+        ",",
+        "=",
+        "<>",
+        "<",
+        ">",
+        "<=",
+        ">=",
+        "+",
+        "-",
+        "*",
+        "/",
+        "0",
+        "1",
+        "-1",
+        "9223372036854775807",
+        "9223372036854775808",
+        "0x7FFFFFFFFFFFFFFF",
+        "1.5",
+        "1e308",
+        "2.5f",
+        "0.0",
+        "'x'",
+        "'a%'",
+        "'_'",
+        "'!'",
+        "''''",
+        "'",
+        "!=",
+        "#",
+    ];
+    let mut rng = Rng(0xC0FF_EE00_1234_5678);
+    let mut parsed = 0;
+    for _ in 0..60_000 {
+        let n = 1 + rng.below(12);
+        let text: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len())]).collect();
+        let text = text.join(" ");
+        if Selector::parse(&text).is_ok() {
+            parsed += 1;
+        }
+        check_no_panic(&text, &mut rng);
+    }
+    // The soup must actually reach the evaluator, not only the error paths.
+    assert!(parsed > 300, "only {parsed} soups parsed");
+}
+
+/// A random well-formed selector, so the evaluator gets real work; `mangle` then breaks some of
+/// them at a random point to probe the parser's error paths near valid input.
+fn gen_condition(rng: &mut Rng, depth: usize, out: &mut String) {
+    let leaf = depth == 0 || rng.below(3) == 0;
+    if leaf {
+        match rng.below(9) {
+            0 => {
+                gen_value(rng, depth.saturating_sub(1), out);
+                out.push_str([" = ", " <> ", " < ", " >= "][rng.below(4)]);
+                gen_value(rng, depth.saturating_sub(1), out);
+            }
+            1 => {
+                gen_value(rng, depth.saturating_sub(1), out);
+                out.push_str([" BETWEEN ", " NOT BETWEEN "][rng.below(2)]);
+                gen_value(rng, 0, out);
+                out.push_str(" AND ");
+                gen_value(rng, 0, out);
+            }
+            2 => out.push_str(
+                ["a IN ('a%_', '')", "b NOT IN ('x')", "c in ('a%_','y','')"][rng.below(3)],
+            ),
+            3 => out.push_str(
+                ["a LIKE 'a%'", "b NOT LIKE '%!_' ESCAPE '!'", "c LIKE '_%_'"][rng.below(3)],
+            ),
+            4 => out.push_str(["a IS NULL", "b IS NOT NULL", "(a + 1) IS NULL"][rng.below(3)]),
+            5 => out.push_str(["a", "b", "TRUE", "FALSE"][rng.below(4)]),
+            6 => out.push_str(["a = 'a%_'", "b <> ''", "c = TRUE", "a = b"][rng.below(4)]),
+            _ => {
+                gen_value(rng, 1, out);
+                out.push_str(" > ");
+                gen_value(rng, 1, out);
+            }
+        }
+        return;
+    }
+    match rng.below(4) {
+        0 => {
+            out.push_str("NOT ");
+            gen_condition(rng, depth - 1, out);
+        }
+        1 => {
+            out.push('(');
+            gen_condition(rng, depth - 1, out);
+            out.push(')');
+        }
+        _ => {
+            gen_condition(rng, depth - 1, out);
+            out.push_str([" AND ", " OR "][rng.below(2)]);
+            gen_condition(rng, depth - 1, out);
+        }
+    }
+}
+
+fn gen_value(rng: &mut Rng, depth: usize, out: &mut String) {
+    if depth == 0 || rng.below(2) == 0 {
+        out.push_str(
+            [
+                "a",
+                "b",
+                "c",
+                "JMSPriority",
+                "0",
+                "1",
+                "-1",
+                "2.5",
+                "-9223372036854775808",
+                "0x7FFFFFFFFFFFFFFF",
+                "1e308",
+                "0.0",
+            ][rng.below(12)],
+        );
+        return;
+    }
+    match rng.below(3) {
+        0 => {
+            out.push_str(["-", "+", "- "][rng.below(3)]);
+            gen_value(rng, depth - 1, out);
+        }
+        1 => {
+            out.push('(');
+            gen_value(rng, depth - 1, out);
+            out.push(')');
+        }
+        _ => {
+            gen_value(rng, depth - 1, out);
+            out.push_str([" + ", " - ", " * ", " / "][rng.below(4)]);
+            gen_value(rng, depth - 1, out);
+        }
+    }
+}
+
+#[test]
+fn random_valid_selectors_evaluate_without_panicking() {
+    let mut rng = Rng(0xA11C_E5EE_D000_0007);
+    for _ in 0..20_000 {
+        let mut text = String::new();
+        gen_condition(&mut rng, 5, &mut text);
+        let parsed = Selector::parse(&text);
+        assert!(parsed.is_ok(), "{text:?}: {:?}", parsed.err());
+        check_no_panic(&text, &mut rng);
+        // Cut it short or splice in a stray character: must still never panic.
+        let cut = rng.below(text.len() + 1);
+        if let Some(prefix) = text.get(..cut) {
+            check_no_panic(prefix, &mut rng);
+            let stray = ["(", ")", "'", "NOT", "1", ",", "AND"][rng.below(7)];
+            check_no_panic(&format!("{prefix}{stray}{}", &text[cut..]), &mut rng);
+        }
+    }
+}
+
+#[test]
+fn deep_random_nesting_never_overflows_the_stack() {
+    let mut rng = Rng(42);
+    for _ in 0..200 {
+        let n = rng.below(5_000);
+        let opener = ["(", "NOT ", "-", "+", "( NOT "][rng.below(5)];
+        let text = format!("{}a{}", opener.repeat(n), ")".repeat(n));
+        let _ = Selector::parse(&text);
+    }
 }

@@ -96,6 +96,12 @@
 //!   we accept it, like Artemis); a pattern ending in the escape character is an error.
 //! - **Identifiers:** Java identifier characters are approximated as Unicode alphabetic, `_` and
 //!   `$` to start, plus Unicode alphanumerics after that.
+//! - **Tokens must be separated where Java's would be:** a number running straight into a word or
+//!   another dot (`1OR`, `12abc`, `1.2.3`) is an invalid literal rather than two tokens.
+//! - **Not supported Artemis extensions:** `--` and `/* */` comments (here `2--2` is `2 - -2`),
+//!   the `%` modulo operator, `XPATH`/`XQUERY`, and the `convert_string_expressions:` and
+//!   `hyphenated_props:` prefixes. Artemis also parses `NOT` tighter than comparisons, so its
+//!   `NOT a = 1` is `(NOT a) = 1`; here it is `NOT (a = 1)`, as in SQL and the spec.
 //! - **Headers:** see [`headers`]. `JMSDestination`, `JMSReplyTo` and `JMSRedelivered` are
 //!   rejected at parse time: the spec restricts header references to the six in [`headers`], and
 //!   these three would silently never match. `JMSExpiration`, `JMSDeliveryTime` and the `JMSX…`

@@ -5,6 +5,36 @@
 //! header or property?". Evaluation uses SQL three-valued logic and allocates nothing; a message
 //! is selected only when the selector is TRUE (FALSE and UNKNOWN both reject it).
 //!
+//! ```
+//! use std::borrow::Cow;
+//! use tandem_protocol::selector::{Selector, SelectorSource, SelectorValue};
+//!
+//! struct Msg {
+//!     color: &'static str,
+//!     weight: i64,
+//! }
+//!
+//! impl SelectorSource for Msg {
+//!     fn value(&self, identifier: &str) -> Option<SelectorValue<'_>> {
+//!         match identifier {
+//!             "color" => Some(SelectorValue::Str(Cow::Borrowed(self.color))),
+//!             "weight" => Some(SelectorValue::Long(self.weight)),
+//!             _ => None, // absent: NULL
+//!         }
+//!     }
+//! }
+//!
+//! let s = Selector::parse("color IN ('red', 'blue') AND weight > 2500").unwrap();
+//! assert!(s.matches(&Msg { color: "red", weight: 3000 }));
+//! assert!(!s.matches(&Msg { color: "red", weight: 10 }));
+//!
+//! let err = Selector::parse("weight > ").unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "expected an identifier, a literal or '(', found end of selector at column 10"
+//! );
+//! ```
+//!
 //! # Grammar
 //!
 //! Keywords are case-insensitive; identifiers are case-sensitive. Whitespace is space, tab,

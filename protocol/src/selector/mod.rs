@@ -133,8 +133,9 @@
 //!   `hyphenated_props:` prefixes. Artemis also parses `NOT` tighter than comparisons, so its
 //!   `NOT a = 1` is `(NOT a) = 1`; here it is `NOT (a = 1)`, as in SQL and the spec.
 //! - **Headers:** see [`headers`]. `JMSDestination`, `JMSReplyTo` and `JMSRedelivered` are
-//!   rejected at parse time: the spec restricts header references to the six in [`headers`], and
-//!   these three would silently never match. `JMSExpiration`, `JMSDeliveryTime` and the `JMSX…`
+//!   rejected at parse time: the spec restricts header references to `JMSDeliveryMode`,
+//!   `JMSPriority`, `JMSMessageID`, `JMSTimestamp`, `JMSCorrelationID` and `JMSType`, and these
+//!   three would otherwise silently never match. `JMSExpiration`, `JMSDeliveryTime` and the `JMSX…`
 //!   properties are accepted (Artemis accepts the first and the JMSX ones are properties); the
 //!   broker supplies their values. Any other name is a property looked up as written.
 //! - **Empty selector:** an empty or blank text parses to a selector that matches everything

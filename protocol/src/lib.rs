@@ -6,6 +6,7 @@
 //! - [`frame`]: the [`Frame`] enum, one variant per frame type, and its byte layout.
 //! - [`codec`]: the length-prefixed tokio-util codec with a maximum frame size.
 //! - [`ErrorCode`]: the stable numeric error codes every listener reports.
+//! - [`selector`]: JMS message selectors: parser and three-valued evaluator.
 //!
 //! Conversions between wire and model types happen at the edges (broker sessions, client), never in
 //! the middle of the broker's hot path: the broker routes on [`wire::MessageHeaders`] and forwards the
@@ -18,6 +19,7 @@ pub mod link;
 pub mod model;
 #[doc(hidden)]
 pub mod samples;
+pub mod selector;
 
 /// Generated protobuf types of the native protocol (package `tandem.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -3,18 +3,23 @@
 //! and routes to the tenant over PrivateLink, so tenant VPCs need no public load balancer and may even overlap
 //! in address space.
 //!
-//! Per tenant route (`RouteNNN…`, NNN = the tenant's `ingress.slot`):
+//! Per tenant route (`RouteNNN…`, NNN = the tenant's `ingress.slot`, so ids stay stable as tenants come and go):
 //!
 //! ```text
 //!  client ──▶ RouteNNNLoadBalancer (public NLB, SG = tenant's allowed_cidrs on jms/stomp/https)
-//!               └─▶ target groups (IP) ─▶ RouteNNNEndpoint (interface endpoint, fixed IPs per zone)
+//!               └─▶ target groups (IP) ─▶ RouteNNNEndpoint (interface endpoint, one ENI per zone)
 //!                                           └─▶ tenant EndpointService ─▶ tenant internal NLB ─▶ active lane
 //!  RouteNNNDnsRecord: name.zone ─▶ RouteNNNLoadBalancer
 //! ```
 //!
 //! TLS is not terminated here: port 443 passes through to the tenant's TLS listener, so certificates and keys
-//! stay in the tenant stack. The endpoint's addresses are fixed by slot (an NLB IP target needs an address
-//! CloudFormation knows), which is why slots must be unique.
+//! stay in the tenant stack.
+//!
+//! One step is left to the apply phase: CloudFormation cannot read the private addresses of an interface
+//! endpoint's network interfaces (`AWS::EC2::VPCEndpoint` has no `SubnetConfigurations` property, only the
+//! API does), so the target groups are created empty and the applier registers the addresses behind the
+//! `RouteNNNEndpointNetworkInterfaceIds` output (DescribeNetworkInterfaces → RegisterTargets) after each
+//! carwash update.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +35,7 @@ use crate::spec::{Cidr, IngressMode, SpecError, TenantSpec};
 pub struct CarwashSpec {
     #[serde(default = "default_region")]
     pub region: String,
-    /// Must be a /16: four /18 subnets; slot addresses are carved from the private ones.
+    /// Must be a /16, split into four /18 subnets (public and private, two zones).
     #[serde(default = "default_cidr")]
     pub vpc_cidr: String,
 }
@@ -50,9 +55,6 @@ impl Default for CarwashSpec {
         }
     }
 }
-
-/// Offset of slot addresses inside each private subnet (past the 5 addresses AWS reserves, with room).
-const SLOT_ADDRESS_OFFSET: u32 = 16;
 
 /// Logical-id prefix of a tenant's route.
 pub fn route_prefix(slot: u8) -> String {
@@ -131,7 +133,7 @@ pub fn plan(carwash: &CarwashSpec, tenants: &[TenantSpec]) -> Result<Plan, Vec<S
     );
     shared_network(&mut b, vpc);
     for (slot, t) in &slots {
-        route(&mut b, vpc, *slot, t);
+        route(&mut b, *slot, t);
     }
     b.output("VpcId", "The carwash VPC", r("Vpc"));
     Ok(b.finish())
@@ -194,14 +196,7 @@ fn shared_network(b: &mut Builder, vpc: Cidr) {
     }
 }
 
-/// The fixed address of slot `slot`'s endpoint in private subnet `zone` (0 or 1).
-pub fn endpoint_address(vpc: Cidr, slot: u8, zone: usize) -> String {
-    vpc.subdivide(2, 2 + zone as u32)
-        .host(SLOT_ADDRESS_OFFSET + u32::from(slot))
-        .to_string()
-}
-
-fn route(b: &mut Builder, vpc: Cidr, slot: u8, t: &TenantSpec) {
+fn route(b: &mut Builder, slot: u8, t: &TenantSpec) {
     let p = route_prefix(slot);
     let (tenant, model) = (t.tenant.as_str(), t.model.as_str());
     let param = format!("{p}EndpointServiceName");
@@ -270,10 +265,6 @@ fn route(b: &mut Builder, vpc: Cidr, slot: u8, t: &TenantSpec) {
         );
     }
     let endpoint = format!("{p}Endpoint");
-    let addresses = [
-        endpoint_address(vpc, slot, 0),
-        endpoint_address(vpc, slot, 1),
-    ];
     b.add_owned(
         &endpoint,
         Kind::VpcEndpoint,
@@ -285,8 +276,6 @@ fn route(b: &mut Builder, vpc: Cidr, slot: u8, t: &TenantSpec) {
             "ServiceName": r(&param),
             "VpcId": r("Vpc"),
             "SubnetIds": [r("PrivateSubnetAz1"), r("PrivateSubnetAz2")],
-            "SubnetConfigurations": [{"SubnetId": r("PrivateSubnetAz1"), "Ipv4": addresses[0]},
-                                     {"SubnetId": r("PrivateSubnetAz2"), "Ipv4": addresses[1]}],
             "SecurityGroupIds": [att(&endpoint_sg, "GroupId")],
             "PrivateDnsEnabled": false,
         }),
@@ -307,19 +296,16 @@ fn route(b: &mut Builder, vpc: Cidr, slot: u8, t: &TenantSpec) {
     .push("InternetGatewayAttachment".into());
     for (what, port) in ports {
         let tg = format!("{p}{what}TargetGroup");
-        let tg_res = b.add_owned(
+        b.add_owned(
             &tg,
             Kind::TargetGroup,
             None,
             tenant,
             model,
             json!({"VpcId": r("Vpc"), "Protocol": "TCP", "Port": port, "TargetType": "ip",
-                   "Targets": [{"Id": addresses[0], "Port": port}, {"Id": addresses[1], "Port": port}],
                    "HealthCheckProtocol": "TCP", "HealthCheckIntervalSeconds": 10,
                    "TargetGroupAttributes": [{"Key": "deregistration_delay.timeout_seconds", "Value": "10"}]}),
         );
-        // The targets are the endpoint's addresses: they exist only once the endpoint does.
-        tg_res.depends_on.push(endpoint.clone());
         b.add_owned(
             format!("{p}{what}Listener"),
             Kind::Listener,
@@ -345,5 +331,10 @@ fn route(b: &mut Builder, vpc: Cidr, slot: u8, t: &TenantSpec) {
         &format!("{p}DnsName"),
         &format!("Endpoint of {tenant}/{model}"),
         json!(t.dns.fqdn()),
+    );
+    b.output(
+        &format!("{p}EndpointNetworkInterfaceIds"),
+        &format!("ENIs of the endpoint to {tenant}/{model}; the applier registers their addresses as targets"),
+        json!({"Fn::Join": [",", att(&endpoint, "NetworkInterfaceIds")]}),
     );
 }

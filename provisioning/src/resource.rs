@@ -83,7 +83,7 @@ kinds! {
     SecurityGroup => "AWS::EC2::SecurityGroup", Tagging::List("Tags");
     SecurityGroupIngress => "AWS::EC2::SecurityGroupIngress", Tagging::None;
     SecurityGroupEgress => "AWS::EC2::SecurityGroupEgress", Tagging::None;
-    VpcEndpoint => "AWS::EC2::VPCEndpoint", Tagging::None;
+    VpcEndpoint => "AWS::EC2::VPCEndpoint", Tagging::List("Tags");
     VpcEndpointService => "AWS::EC2::VPCEndpointService", Tagging::None;
     VpcEndpointServicePermissions => "AWS::EC2::VPCEndpointServicePermissions", Tagging::None;
     FileSystem => "AWS::EFS::FileSystem", Tagging::List("FileSystemTags");

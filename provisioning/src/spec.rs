@@ -180,8 +180,8 @@ impl Default for Ports {
 #[serde(deny_unknown_fields, default)]
 pub struct Ingress {
     pub mode: IngressMode,
-    /// Carwash only: a number 1..=200 unique among the carwash's tenants; fixes the private addresses of this
-    /// tenant's endpoint in the carwash VPC.
+    /// Carwash only: a number 1..=200 unique among the carwash's tenants; names this tenant's route in the
+    /// carwash stack (`RouteNNN…`), so its logical ids do not move when other tenants come and go.
     pub slot: Option<u8>,
 }
 

@@ -47,6 +47,13 @@ fn default_cidr() -> String {
     "10.250.0.0/16".to_owned()
 }
 
+impl CarwashSpec {
+    /// Parses a carwash spec (strict: unknown keys are errors naming the key).
+    pub fn from_toml_str(input: &str) -> Result<CarwashSpec, SpecError> {
+        toml::from_str(input).map_err(|e| crate::spec::toml_error(input, &e))
+    }
+}
+
 impl Default for CarwashSpec {
     fn default() -> Self {
         Self {

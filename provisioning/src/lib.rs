@@ -13,6 +13,37 @@
 //!
 //! This crate is pure: no I/O, no clock, no AWS SDK. The same spec always renders byte-identical YAML.
 //!
+//! # Using it (what `tandem provision plan|render` does)
+//!
+//! ```
+//! use std::path::Path;
+//! use tandem_provisioning::{TenantSpec, local, plan, render};
+//!
+//! let spec = TenantSpec::from_toml_str(r#"
+//!     tenant = "acme"
+//!     model = "orders"
+//!     contingency_region = "eu-west-1"
+//!     lanes = 2
+//!     allowed_cidrs = ["203.0.113.0/24"]
+//!     [dns]
+//!     zone = "tandem.example.com"
+//!     name = "acme-orders"
+//! "#).expect("parses");
+//! spec.validate().expect("valid");          // Err(Vec<SpecError>) lists every problem with its fix
+//!
+//! let plan = plan::plan(&spec);
+//! assert!(plan.summary().contains("LaneBAutoScalingGroup"));
+//! let yaml = render::cloudformation(&plan);
+//! assert!(yaml.contains("HealthCheckPath: /health"));
+//!
+//! let layout = local::plan(&spec, Path::new("/var/tmp/acme"));
+//! assert_eq!(layout.lanes.len(), 2);
+//! assert_eq!(layout.proxy.health_path, "/health");
+//!
+//! let bad = TenantSpec::from_toml_str("lanes = 3\n").unwrap_err();
+//! assert_eq!(bad.key, "tenant"); // missing keys and unknown keys are named too
+//! ```
+//!
 //! # The AWS layout of one tenant model (double lane, direct ingress)
 //!
 //! ```text

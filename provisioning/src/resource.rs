@@ -84,7 +84,7 @@ kinds! {
     SecurityGroupIngress => "AWS::EC2::SecurityGroupIngress", Tagging::None;
     SecurityGroupEgress => "AWS::EC2::SecurityGroupEgress", Tagging::None;
     VpcEndpoint => "AWS::EC2::VPCEndpoint", Tagging::List("Tags");
-    VpcEndpointService => "AWS::EC2::VPCEndpointService", Tagging::None;
+    VpcEndpointService => "AWS::EC2::VPCEndpointService", Tagging::List("Tags");
     VpcEndpointServicePermissions => "AWS::EC2::VPCEndpointServicePermissions", Tagging::None;
     FileSystem => "AWS::EFS::FileSystem", Tagging::List("FileSystemTags");
     MountTarget => "AWS::EFS::MountTarget", Tagging::None;

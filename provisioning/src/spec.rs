@@ -591,7 +591,7 @@ fn cidr_error(key: &str, given: &str, e: &CidrError) -> SpecError {
 }
 
 /// Turns a TOML/serde error into a [`SpecError`] that names the key (with its table, e.g. `ports.jmss`).
-fn toml_error(input: &str, e: &toml::de::Error) -> SpecError {
+pub(crate) fn toml_error(input: &str, e: &toml::de::Error) -> SpecError {
     let msg = e.message().to_owned();
     let start = e.span().map(|s| s.start).unwrap_or(0).min(input.len());
     let table = enclosing_table(input, start);

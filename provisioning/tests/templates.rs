@@ -659,7 +659,7 @@ fn direct_vs_carwash_ingress() {
     assert_eq!(dns["HostedZoneName"], "tandem.example.com.");
     assert!(resources(&t).get("EndpointService").is_none());
 
-    let t = render::template(&plan::plan(&carwash_tenant("globex", 7)));
+    let (_, t) = common_tenant_checks(&carwash_tenant("globex", 7));
     let lb = &resources(&t)["LoadBalancer"]["Properties"];
     assert_eq!(lb["Scheme"], "internal");
     assert_eq!(
@@ -740,4 +740,24 @@ fn summary_lists_every_resource() {
         );
     }
     assert!(s.contains("AWS::EFS::FileSystem"));
+}
+
+#[test]
+fn example_carwash_spec_parses_and_rejects_unknown_keys() {
+    let text = std::fs::read_to_string(root().join("../docs/examples/carwash.toml")).unwrap();
+    let cw = CarwashSpec::from_toml_str(&text).unwrap();
+    assert_eq!(cw, CarwashSpec::default());
+    let e = CarwashSpec::from_toml_str("regoin = \"eu-west-1\"\n").unwrap_err();
+    assert_eq!(e.key, "regoin");
+}
+
+#[test]
+fn every_kind_has_a_distinct_cloudformation_type() {
+    let types: BTreeSet<&str> = Kind::ALL.iter().map(|k| k.cfn_type()).collect();
+    assert_eq!(types.len(), Kind::ALL.len());
+    assert!(
+        types
+            .iter()
+            .all(|t| t.starts_with("AWS::") && t.matches("::").count() == 2)
+    );
 }

@@ -221,6 +221,8 @@ fn network(b: &mut Builder, spec: &TenantSpec) -> Net {
 /// Security groups: clients → LB (allowed CIDRs, or PrivateLink from the carwash); LB → lanes on the lane
 /// ports only; lanes → EFS on 2049 and → AWS APIs on 443; nothing else. SG-to-SG rules are separate
 /// resources so the groups do not reference each other (which CloudFormation would reject as a cycle).
+/// Lanes admit the load balancer's *security group*, not its addresses: that holds even with client IP
+/// preservation (on by default for instance targets), and clients cannot bypass the NLB to reach a lane.
 fn security_groups(b: &mut Builder, spec: &TenantSpec) {
     let p = spec.ports;
     let lb_ingress: Vec<Value> = match spec.ingress.mode {
@@ -238,12 +240,16 @@ fn security_groups(b: &mut Builder, spec: &TenantSpec) {
         // not to evaluate inbound rules for PrivateLink traffic.
         IngressMode::Carwash => Vec::new(),
     };
+    let mut lb_sg = json!({"GroupDescription": format!("{} load balancer", spec.stack_name()), "VpcId": r("Vpc"),
+                           "SecurityGroupEgress": no_egress()});
+    if !lb_ingress.is_empty() {
+        lb_sg["SecurityGroupIngress"] = Value::Array(lb_ingress);
+    }
     b.add(
         "LoadBalancerSecurityGroup",
         Kind::SecurityGroup,
         None,
-        json!({"GroupDescription": format!("{} load balancer", spec.stack_name()), "VpcId": r("Vpc"),
-               "SecurityGroupIngress": lb_ingress, "SecurityGroupEgress": no_egress()}),
+        lb_sg,
     );
     b.add(
         "LaneSecurityGroup",

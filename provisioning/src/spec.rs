@@ -17,8 +17,9 @@ pub const LOG_RETENTION_DAYS: [u32; 22] = [
     3288, 3653,
 ];
 
-/// Longest tenant or model name: both end up in resource names and DNS labels that have length limits.
-pub const MAX_NAME_LEN: usize = 24;
+/// Longest tenant or model name: both end up in resource names with length limits; the tightest is the AWS
+/// Backup vault/plan name `tandem-<tenant>-<model>` (at most 50 characters).
+pub const MAX_NAME_LEN: usize = 20;
 
 /// One problem in a spec: the key it is about, what is wrong, and how to fix it.
 ///
@@ -846,6 +847,17 @@ name = "acme-orders"
         let vpc: Cidr = "10.20.0.0/16".parse().unwrap();
         assert_eq!(vpc.subdivide(2, 3).to_string(), "10.20.192.0/18");
         assert_eq!(vpc.subdivide(2, 3).host(21).to_string(), "10.20.192.21");
+    }
+
+    #[test]
+    fn longest_names_fit_aws_name_limits() {
+        let mut spec = TenantSpec::load(minimal()).unwrap();
+        spec.tenant = "t".repeat(MAX_NAME_LEN);
+        spec.model = "m".repeat(MAX_NAME_LEN);
+        spec.validate().unwrap();
+        assert!(spec.stack_name().len() <= 50, "backup vault and plan names");
+        spec.model.push('m');
+        assert_eq!(spec.validate().unwrap_err()[0].key, "model");
     }
 
     #[test]

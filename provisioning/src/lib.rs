@@ -97,9 +97,11 @@
 //!   the broker gets more memory for paging; the price is an AMI to keep current (the `LaneAmi` parameter
 //!   resolves the latest Amazon Linux 2023 through SSM, so an update picks it up).
 //!
-//! Contract this puts on the broker/CLI (the lanes are started with `tandem run` and these variables):
-//! `TANDEM_TENANT`, `TANDEM_MODEL`, `TANDEM_LANE` (a|b), `TANDEM_LANES` (1|2), `TANDEM_DATA_DIR` (the shared
-//! directory), `TANDEM_JMS_ADDR`, `TANDEM_STOMP_ADDR`, `TANDEM_HTTP_ADDR`. `GET /health` returns 200 only while
+//! Contract this puts on the broker/CLI (the lanes are started with `tandem run` and these variables, see
+//! [`lane_env`]): `TANDEM_TENANT`, `TANDEM_MODEL`, `TANDEM_LANE` (a|b), `TANDEM_LANES` (1|2),
+//! `TANDEM_DATA_DIR` (the shared directory), `TANDEM_JMS_ADDR`, `TANDEM_STOMP_ADDR`, `TANDEM_HTTP_ADDR`,
+//! `TANDEM_LOG_FORMAT` (json), `TANDEM_METRICS_NAMESPACE`, and `TANDEM_DATA_SINK` (`s3://bucket` or
+//! `file:///dir`) when the spec has a data sink. `GET /health` returns 200 only while
 //! the lane holds the lease; a dormant lane must not accept JMS/STOMP connections (when every target is
 //! unhealthy, an NLB fails open and sends traffic to all of them). Logs are JSON lines; a lease acquisition is
 //! logged as `{"event":"lease_acquired",…}` (the failover alarm counts these); queue depth and DLQ depth are
@@ -151,15 +153,17 @@ pub const HEALTH_PATH: &str = "/health";
 /// Where the shared volume is mounted on an AWS lane.
 pub const DATA_DIR: &str = "/var/lib/tandem";
 
-/// The environment a lane process is started with (AWS and local alike).
+/// The environment a lane process is started with (AWS and local alike). `data_sink` is where dead-lettered
+/// messages go when the spec asks for a sink: `s3://bucket` on AWS, `file:///dir` locally.
 pub fn lane_env(
     spec: &TenantSpec,
     lane: &str,
     data_dir: &str,
     bind: &str,
     ports: local::LanePorts,
+    data_sink: Option<&str>,
 ) -> BTreeMap<String, String> {
-    [
+    let mut env: BTreeMap<String, String> = [
         ("TANDEM_TENANT", spec.tenant.clone()),
         ("TANDEM_MODEL", spec.model.clone()),
         ("TANDEM_LANE", lane.to_owned()),
@@ -168,8 +172,14 @@ pub fn lane_env(
         ("TANDEM_JMS_ADDR", format!("{bind}:{}", ports.jms)),
         ("TANDEM_STOMP_ADDR", format!("{bind}:{}", ports.stomp)),
         ("TANDEM_HTTP_ADDR", format!("{bind}:{}", ports.http)),
+        ("TANDEM_LOG_FORMAT", "json".to_owned()),
+        ("TANDEM_METRICS_NAMESPACE", plan::metric_namespace(spec)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    if let Some(sink) = data_sink {
+        env.insert("TANDEM_DATA_SINK".to_owned(), sink.to_owned());
+    }
+    env
 }

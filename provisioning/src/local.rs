@@ -65,6 +65,8 @@ pub struct LocalLayout {
     pub base_dir: PathBuf,
     /// The shared volume: journal and lease live here (EFS's role on AWS).
     pub shared_dir: PathBuf,
+    /// Where dead-lettered messages are written when the spec has a data sink (the S3 bucket's role).
+    pub data_sink_dir: Option<PathBuf>,
     pub lanes: Vec<LocalLane>,
     pub proxy: LocalProxy,
     pub monitor: LocalMonitor,
@@ -131,6 +133,7 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
         lane_ports(&spec.ports, spec.lanes).expect("validated spec: local ports are derivable");
     let base_dir = base_dir.to_path_buf();
     let shared_dir = base_dir.join("shared");
+    let data_sink_dir = spec.data_sink.then(|| base_dir.join("data-sink"));
     let lanes: Vec<LocalLane> = lane_ports
         .iter()
         .zip(["a", "b"])
@@ -142,6 +145,10 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
                 &shared_dir.display().to_string(),
                 "127.0.0.1",
                 *ports,
+                data_sink_dir
+                    .as_ref()
+                    .map(|d| format!("file://{}", d.display()))
+                    .as_deref(),
             );
             LocalLane {
                 name: name.to_owned(),
@@ -185,6 +192,7 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
         },
         base_dir,
         shared_dir,
+        data_sink_dir,
         lanes,
     }
 }
@@ -240,6 +248,22 @@ mod tests {
         );
         assert!(l.proxy.close_on_unhealthy);
         assert!(l.monitor.restart_backoff_initial_ms < l.monitor.restart_backoff_max_ms);
+    }
+
+    #[test]
+    fn data_sink_is_a_local_directory() {
+        let l = plan(&spec(1), Path::new("/x"));
+        assert_eq!(l.data_sink_dir, None);
+        assert!(!l.lanes[0].env.contains_key("TANDEM_DATA_SINK"));
+        let mut s = spec(1);
+        s.data_sink = true;
+        let l = plan(&s, Path::new("/x"));
+        assert_eq!(l.data_sink_dir, Some(PathBuf::from("/x/data-sink")));
+        assert_eq!(l.lanes[0].env["TANDEM_DATA_SINK"], "file:///x/data-sink");
+        assert_eq!(
+            l.lanes[0].env["TANDEM_METRICS_NAMESPACE"],
+            "Tandem/acme/orders"
+        );
     }
 
     #[test]

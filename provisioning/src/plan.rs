@@ -654,13 +654,16 @@ fn user_data(spec: &TenantSpec, lane: Lane, access_point: &str) -> String {
             stomp: spec.ports.stomp,
             http: spec.ports.http,
         },
+        spec.data_sink.then_some("s3://${DataSinkBucket}"),
     );
     let env_args: String = env.iter().map(|(k, v)| format!(" -e {k}={v}")).collect();
     // Rendered through Fn::Sub: ${Name} is a reference, so the script itself uses no other `${`.
     format!(
         "#!/bin/bash
 set -euo pipefail
-dnf install -y amazon-efs-utils docker
+dnf install -y amazon-efs-utils docker amazon-ecr-credential-helper
+mkdir -p /root/.docker
+echo '{{\"credsStore\": \"ecr-login\"}}' > /root/.docker/config.json
 mkdir -p {DATA_DIR}
 echo '${{FileSystem}}:/ {DATA_DIR} efs _netdev,noresvport,tls,iam,accesspoint=${{{access_point}}} 0 0' >> /etc/fstab
 mount {DATA_DIR}
@@ -673,6 +676,7 @@ After=docker.service remote-fs.target
 [Service]
 Restart=always
 RestartSec=2
+Environment=DOCKER_CONFIG=/root/.docker
 ExecStartPre=-/usr/bin/docker rm -f tandem
 ExecStart=/usr/bin/docker run --rm --name tandem --network host -v {DATA_DIR}:{DATA_DIR} --log-driver awslogs --log-opt awslogs-region=${{AWS::Region}} --log-opt awslogs-group=${{LogGroup}} --log-opt awslogs-stream=lane-{lane}{env_args} ${{{P_IMAGE}}} run
 ExecStop=/usr/bin/docker stop tandem

@@ -595,7 +595,15 @@ fn cidr_error(key: &str, given: &str, e: &CidrError) -> SpecError {
 pub(crate) fn toml_error(input: &str, e: &toml::de::Error) -> SpecError {
     let msg = e.message().to_owned();
     let start = e.span().map(|s| s.start).unwrap_or(0).min(input.len());
-    let table = enclosing_table(input, start);
+    let mut table = enclosing_table(input, start);
+    if let Some(parent) = inline_table_key(input, start) {
+        // `ports = { jmss = 1 }`: the error points inside the inline table.
+        table = if table.is_empty() {
+            parent
+        } else {
+            format!("{table}.{parent}")
+        };
+    }
     let qualify = |k: &str| {
         if table.is_empty() {
             k.to_owned()
@@ -667,6 +675,15 @@ fn enclosing_table(input: &str, offset: usize) -> String {
     table
 }
 
+/// `key` when byte `offset` lies inside an inline table `key = { … }` on its line.
+fn inline_table_key(input: &str, offset: usize) -> Option<String> {
+    let line_start = input[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let before = &input[line_start..offset];
+    let (key, rest) = before.split_once('=')?;
+    rest.contains('{')
+        .then(|| key.trim().trim_matches('"').to_owned())
+}
+
 /// The key assigned on the line containing byte `offset`.
 fn key_on_line(input: &str, offset: usize) -> String {
     let line_start = input[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
@@ -732,6 +749,13 @@ name = "acme-orders"
         let e =
             TenantSpec::from_toml_str(&format!("{}\n[ports]\njmss = 1\n", minimal())).unwrap_err();
         assert_eq!(e.key, "ports.jmss");
+    }
+
+    #[test]
+    fn unknown_key_in_an_inline_table_is_named_with_its_table() {
+        let e = TenantSpec::from_toml_str(&format!("ports = {{ jmss = 1 }}\n{}", minimal()))
+            .unwrap_err();
+        assert_eq!(e.key, "ports.jmss", "{e}");
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! TLS is not terminated here: port 443 passes through to the tenant's TLS listener, so certificates and keys
 //! stay in the tenant stack.
 //!
+//! Each route is 17 resources, so one carwash stack serves about 28 tenants before CloudFormation's
+//! 500-resource limit; [`plan`] refuses more (split the tenants over several carwash stacks).
+//!
 //! One step is left to the apply phase: CloudFormation cannot read the private addresses of an interface
 //! endpoint's network interfaces (`AWS::EC2::VPCEndpoint` has no `SubnetConfigurations` property, only the
 //! API does), so the target groups are created empty and the applier registers the addresses behind the
@@ -143,7 +146,20 @@ pub fn plan(carwash: &CarwashSpec, tenants: &[TenantSpec]) -> Result<Plan, Vec<S
         route(&mut b, *slot, t);
     }
     b.output("VpcId", "The carwash VPC", r("Vpc"));
-    Ok(b.finish())
+    let plan = b.finish();
+    if plan.resources.len() > crate::render::STACK_RESOURCE_LIMIT {
+        return Err(vec![SpecError::new(
+            "tenants",
+            format!(
+                "{} tenants need {} resources, over CloudFormation's {} per stack",
+                slots.len(),
+                plan.resources.len(),
+                crate::render::STACK_RESOURCE_LIMIT
+            ),
+            "split the tenants across several carwash stacks",
+        )]);
+    }
+    Ok(plan)
 }
 
 fn shared_network(b: &mut Builder, vpc: Cidr) {

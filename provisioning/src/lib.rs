@@ -121,6 +121,10 @@
 //!   `TlsCertificateArn` (an ACM certificate for `name.zone`, DNS-validated in the zone), `LaneAmi` (default);
 //!   carwash tenants also need `CarwashPrincipal`, then a carwash update with each tenant's
 //!   `EndpointServiceName` output as `RouteNNNEndpointServiceName`.
+//! - Size: send [`render::cloudformation_json`] (compact, about half the YAML) as `TemplateBody`; a tenant
+//!   stack stays under the 51,200-byte limit (tested), a carwash with more than a few tenants does not and
+//!   goes through S3 (`TemplateURL`). A carwash stack holds about 28 tenants before CloudFormation's
+//!   500-resource limit ([`carwash::plan`] refuses more).
 //! - Order: tenant stack → (carwash tenants) carwash stack. The contingency region needs nothing up front:
 //!   EFS replication creates the read-only replica there; "promote region" = delete the replication
 //!   configuration (the replica becomes writable) and create the tenant stack there pointing at it.

@@ -51,6 +51,18 @@ pub fn template(plan: &Plan) -> Value {
     Value::Object(t)
 }
 
+/// CloudFormation's limit on a template passed inline (`TemplateBody`); larger ones must go through S3
+/// (`TemplateURL`, up to 1 MB).
+pub const TEMPLATE_BODY_LIMIT: usize = 51_200;
+
+/// CloudFormation's limit on resources per stack.
+pub const STACK_RESOURCE_LIMIT: usize = 500;
+
+/// The template as compact JSON: what the apply phase sends, being about half the size of the YAML.
+pub fn cloudformation_json(plan: &Plan) -> String {
+    serde_json::to_string(&template(plan)).expect("a JSON value always serializes")
+}
+
 /// The CloudFormation template as YAML.
 pub fn cloudformation(plan: &Plan) -> String {
     let t = template(plan);

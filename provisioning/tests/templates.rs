@@ -761,3 +761,29 @@ fn every_kind_has_a_distinct_cloudformation_type() {
             .all(|t| t.starts_with("AWS::") && t.matches("::").count() == 2)
     );
 }
+
+#[test]
+fn templates_fit_cloudformation_limits() {
+    for spec in [single(), double(), carwash_tenant("globex", 7)] {
+        let p = plan::plan(&spec);
+        assert!(p.resources.len() <= render::STACK_RESOURCE_LIMIT);
+        let json = render::cloudformation_json(&p);
+        assert!(
+            json.len() < render::TEMPLATE_BODY_LIMIT,
+            "{}: {} bytes",
+            p.stack_name,
+            json.len()
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            render::template(&p)
+        );
+    }
+    // The carwash grows by one route per tenant and refuses to outgrow a stack.
+    let many: Vec<TenantSpec> = (1..=40)
+        .map(|i| carwash_tenant(&format!("t{i}"), i))
+        .collect();
+    let errs = carwash::plan(&CarwashSpec::default(), &many).unwrap_err();
+    assert_eq!(errs[0].key, "tenants");
+    assert!(carwash::plan(&CarwashSpec::default(), &many[..20]).is_ok());
+}

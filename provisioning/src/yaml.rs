@@ -285,6 +285,37 @@ mod tests {
         ] {
             roundtrip(&json!({ "k": s }));
             roundtrip(&json!([{ "k": s }]));
+            roundtrip(&json!([s, [s]]));
+        }
+    }
+
+    /// Seeded random strings over an alphabet of YAML-significant characters: every one must survive.
+    #[test]
+    fn random_strings_survive() {
+        const ALPHABET: &[char] = &[
+            'a', 'Z', '0', '9', ' ', '\n', '\t', ':', '#', '-', '?', '&', '*', '!', '|', '>', '\'',
+            '"', '%', '@', '`', '{', '}', '[', ']', ',', '.', '/', '\\', '~', '=', '+', '_', 'é',
+            '\u{2028}', '\r',
+        ];
+        let seed: u64 = 0x7a6e_6465_6d00_0001;
+        let mut state = seed;
+        let mut next = move || {
+            // xorshift64*: deterministic, so a failure is replayable from the printed seed.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for case in 0..3000 {
+            let len = (next() % 12) as usize;
+            let s: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            let v = json!({ "k": s, "l": [s, {"m": s}], s.clone(): 1 });
+            let y = to_string(&v);
+            let back: Value = serde_norway::from_str(&y)
+                .unwrap_or_else(|e| panic!("seed {seed:#x} case {case}: {s:?}: {e}\n{y}"));
+            assert_eq!(back, v, "seed {seed:#x} case {case}: {s:?}\n{y}");
         }
     }
 }

@@ -1,0 +1,289 @@
+//! Runs a [`RoleMachine`] against a [`LeaseStore`] on a real monotonic clock, as a tokio task.
+//!
+//! The broker runtime observes [`Role`] on a `watch` channel and reacts:
+//!
+//! | role | runtime does |
+//! |---|---|
+//! | `Active { epoch, serving: false }` | recover the journal stamping `epoch`, then [`DriverHandle::recovery_done`] |
+//! | `Active { serving: true }` | open listeners, report healthy |
+//! | `Fenced { .. }`, `Stopped` | stop writing at once, close listeners and connections, report unhealthy |
+//! | `Dormant`, `Acquiring { .. }` | nothing running |
+//!
+//! The runtime's journal must also call [`WriteGuard::check`] before each batch: the role channel tells it
+//! *what* to do, the guard tells it *whether it may still write now*, from the lease deadline alone, even if
+//! this task is starved of CPU and has not yet published the fence.
+//!
+//! Store calls run in `spawn_blocking`, at most one at a time (the machine never issues a second before the
+//! first answers); timers keep running while a call hangs, so a hung NFS call cannot delay a fence.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::machine::{Action, ClaimOutcome, Event, RenewOutcome, Role, RoleMachine};
+use crate::{Config, Epoch, LaneId, LeaseError, LeaseStore};
+
+/// Returned by [`WriteGuard::check`] when this lane must not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this lane does not hold an unexpired lease")]
+pub struct NotHolding;
+
+/// Whether this lane may write the journal now, and under which epoch. Cheap to clone and to check (an
+/// uncontended mutex); check before every journal batch and stamp the returned epoch on it.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGuard {
+    lease: Arc<Mutex<Option<(Epoch, Instant)>>>,
+}
+
+impl WriteGuard {
+    /// The epoch to stamp if this lane may write at this instant.
+    pub fn check(&self) -> Result<Epoch, NotHolding> {
+        self.check_at(Instant::now())
+    }
+
+    /// The epoch to stamp if this lane may write at `now`.
+    pub fn check_at(&self, now: Instant) -> Result<Epoch, NotHolding> {
+        match *self.lock() {
+            Some((epoch, deadline)) if now < deadline => Ok(epoch),
+            _ => Err(NotHolding),
+        }
+    }
+
+    fn set(&self, lease: Option<(Epoch, Instant)>) {
+        *self.lock() = lease;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Epoch, Instant)>> {
+        // The value is a plain Copy pair; a panic elsewhere cannot leave it half written.
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum Command {
+    RecoveryDone(Epoch),
+    RecoveryFailed(Epoch),
+    Shutdown,
+}
+
+/// Starts lease drivers.
+#[derive(Debug)]
+pub struct LeaseDriver;
+
+impl LeaseDriver {
+    /// Spawn the driver for one lane on the current tokio runtime. It starts Dormant and reads the lease at once.
+    pub fn spawn(config: Config, store: Arc<dyn LeaseStore>) -> DriverHandle {
+        let origin = Instant::now();
+        let machine = RoleMachine::new(config, Duration::ZERO);
+        let (role_tx, role_rx) = watch::channel(machine.role());
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        let guard = WriteGuard::default();
+        let task = tokio::spawn(run(
+            machine,
+            store,
+            origin,
+            role_tx,
+            guard.clone(),
+            commands_rx,
+        ));
+        DriverHandle {
+            role: role_rx,
+            guard,
+            commands: commands_tx,
+            task,
+        }
+    }
+}
+
+/// Control of a running driver. Dropping it shuts the driver down (fencing first if active).
+#[derive(Debug)]
+pub struct DriverHandle {
+    role: watch::Receiver<Role>,
+    guard: WriteGuard,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl DriverHandle {
+    /// The role channel.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// The write guard for the journal.
+    pub fn write_guard(&self) -> WriteGuard {
+        self.guard.clone()
+    }
+
+    /// Report that journal recovery for `epoch` finished; the role becomes `Active { serving: true }`.
+    pub async fn recovery_done(&self, epoch: Epoch) {
+        // A closed channel means the driver stopped; its role already says so.
+        let _ = self.commands.send(Command::RecoveryDone(epoch)).await;
+    }
+
+    /// Report that journal recovery for `epoch` failed; the lane fences.
+    pub async fn recovery_failed(&self, epoch: Epoch) {
+        let _ = self.commands.send(Command::RecoveryFailed(epoch)).await;
+    }
+
+    /// Stop: fence if active (the guard is revoked and `Stopped` published before this returns).
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.task.await;
+    }
+
+    /// Stop the task abruptly, as a crash would: no fence is published and the lease is left to expire. The write
+    /// guard still turns false at the lease deadline.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    mut machine: RoleMachine,
+    store: Arc<dyn LeaseStore>,
+    origin: Instant,
+    role_tx: watch::Sender<Role>,
+    guard: WriteGuard,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let lane = machine.config().lane.clone();
+    // Results of store calls; bounded, and at most one call is in flight.
+    let (results_tx, mut results_rx) = mpsc::channel::<Event>(4);
+    let timing = machine.config().timing.clone();
+    let max_idle = timing.poll_interval.min(timing.renew_interval);
+    let now = || origin.elapsed();
+    let mut actions = machine.step(now(), Event::Tick);
+    loop {
+        apply(
+            &machine,
+            &actions,
+            origin,
+            &role_tx,
+            &guard,
+            &store,
+            &lane,
+            &results_tx,
+        );
+        if machine.role() == crate::Role::Stopped {
+            return;
+        }
+        let t = now();
+        let wake = machine
+            .next_wakeup()
+            .unwrap_or(t + max_idle)
+            .clamp(t + Duration::from_millis(1), t + max_idle);
+        let event = tokio::select! {
+            biased;
+            cmd = commands.recv() => match cmd {
+                Some(Command::RecoveryDone(epoch)) => Event::RecoveryDone { epoch },
+                Some(Command::RecoveryFailed(epoch)) => Event::RecoveryFailed { epoch },
+                Some(Command::Shutdown) | None => Event::Shutdown,
+            },
+            Some(event) = results_rx.recv() => event,
+            () = tokio::time::sleep_until((origin + wake).into()) => Event::Tick,
+        };
+        actions = machine.step(now(), event);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    machine: &RoleMachine,
+    actions: &[Action],
+    origin: Instant,
+    role_tx: &watch::Sender<Role>,
+    guard: &WriteGuard,
+    store: &Arc<dyn LeaseStore>,
+    lane: &LaneId,
+    results: &mpsc::Sender<Event>,
+) {
+    // Guard first: a fence revokes writing before anything else happens.
+    guard.set(
+        machine
+            .write_deadline()
+            .map(|(epoch, d)| (epoch, origin + d)),
+    );
+    let role = machine.role();
+    role_tx.send_if_modified(|current| {
+        if *current == role {
+            return false;
+        }
+        tracing::info!(lane = %lane, from = ?current, to = ?role, "lease role changed");
+        *current = role;
+        true
+    });
+    for action in actions {
+        match action {
+            Action::ReadLease { hint } => {
+                let hint = *hint;
+                call(store, results, move |s| match s.read(hint) {
+                    Ok(view) => Event::LeaseObserved(view),
+                    Err(error) => {
+                        tracing::warn!(%error, "lease read failed");
+                        Event::ReadFailed
+                    }
+                });
+            }
+            Action::ClaimEpoch(epoch) => {
+                let (epoch, lane) = (*epoch, lane.clone());
+                call(store, results, move |s| {
+                    Event::ClaimResult(match s.claim(epoch, &lane) {
+                        Ok(()) => ClaimOutcome::Won(epoch),
+                        Err(LeaseError::Lost { .. }) => ClaimOutcome::Lost(epoch),
+                        Err(error) => {
+                            tracing::warn!(%error, %epoch, "lease claim failed");
+                            ClaimOutcome::Failed
+                        }
+                    })
+                });
+            }
+            Action::RenewHeartbeat { epoch, counter } => {
+                let (epoch, counter, lane) = (*epoch, *counter, lane.clone());
+                call(store, results, move |s| {
+                    Event::RenewResult(match s.renew(epoch, &lane, counter) {
+                        Ok(()) => RenewOutcome::Renewed,
+                        Err(LeaseError::Superseded { newer, .. }) => {
+                            RenewOutcome::Superseded { newer }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, %epoch, "lease renewal failed");
+                            RenewOutcome::Failed
+                        }
+                    })
+                });
+            }
+            Action::CollectGarbage { current } => {
+                let (store, current) = (Arc::clone(store), *current);
+                // Fire and forget: garbage collection is never on the path of a role decision.
+                tokio::task::spawn_blocking(move || {
+                    if let Err(error) = store.collect_garbage(current) {
+                        tracing::warn!(%error, "lease garbage collection failed");
+                    }
+                });
+            }
+            Action::Fence { epoch, reason } => {
+                tracing::warn!(lane = %lane, %epoch, ?reason, "fenced: stop writing");
+            }
+            Action::RecoverJournal { .. }
+            | Action::OpenListeners { .. }
+            | Action::CloseListeners => {
+                // Carried out by the broker runtime from the published role.
+            }
+        }
+    }
+}
+
+fn call(
+    store: &Arc<dyn LeaseStore>,
+    results: &mpsc::Sender<Event>,
+    op: impl FnOnce(&dyn LeaseStore) -> Event + Send + 'static,
+) {
+    let (store, results) = (Arc::clone(store), results.clone());
+    tokio::task::spawn_blocking(move || {
+        let event = op(store.as_ref());
+        // The driver may have stopped meanwhile; then nobody needs the answer.
+        let _ = results.blocking_send(event);
+    });
+}

@@ -4,7 +4,7 @@
 //!
 //! | role | runtime does |
 //! |---|---|
-//! | `Active { epoch, serving: false }` | recover the journal stamping `epoch`, then [`DriverHandle::recovery_done`] |
+//! | `Active { epoch, serving: false }` | recover the journal stamping `epoch`, then [`RecoveryReporter::done`] |
 //! | `Active { serving: true }` | open listeners, report healthy |
 //! | `Fenced { .. }`, `Stopped` | stop writing at once, close listeners and connections, report unhealthy |
 //! | `Dormant`, `Acquiring { .. }` | nothing running |
@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::machine::{Action, ClaimOutcome, Event, RenewOutcome, Role, RoleMachine};
@@ -64,7 +64,25 @@ impl WriteGuard {
 enum Command {
     RecoveryDone(Epoch),
     RecoveryFailed(Epoch),
-    Shutdown,
+}
+
+/// Tells the driver how journal recovery went. Holding one does not keep the driver running.
+#[derive(Debug, Clone)]
+pub struct RecoveryReporter {
+    commands: mpsc::Sender<Command>,
+}
+
+impl RecoveryReporter {
+    /// Journal recovery for `epoch` finished; the role becomes `Active { serving: true }` (if still active).
+    pub async fn done(&self, epoch: Epoch) {
+        // A closed channel means the driver stopped; its role already says so.
+        let _ = self.commands.send(Command::RecoveryDone(epoch)).await;
+    }
+
+    /// Journal recovery for `epoch` failed; the lane fences.
+    pub async fn failed(&self, epoch: Epoch) {
+        let _ = self.commands.send(Command::RecoveryFailed(epoch)).await;
+    }
 }
 
 /// Starts lease drivers.
@@ -78,6 +96,7 @@ impl LeaseDriver {
         let machine = RoleMachine::new(config, Duration::ZERO);
         let (role_tx, role_rx) = watch::channel(machine.role());
         let (commands_tx, commands_rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = oneshot::channel();
         let guard = WriteGuard::default();
         let task = tokio::spawn(run(
             machine,
@@ -86,11 +105,13 @@ impl LeaseDriver {
             role_tx,
             guard.clone(),
             commands_rx,
+            stop_rx,
         ));
         DriverHandle {
             role: role_rx,
             guard,
             commands: commands_tx,
+            stop: stop_tx,
             task,
         }
     }
@@ -102,6 +123,8 @@ pub struct DriverHandle {
     role: watch::Receiver<Role>,
     guard: WriteGuard,
     commands: mpsc::Sender<Command>,
+    /// Dropping or sending on it stops the driver.
+    stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
@@ -116,20 +139,16 @@ impl DriverHandle {
         self.guard.clone()
     }
 
-    /// Report that journal recovery for `epoch` finished; the role becomes `Active { serving: true }`.
-    pub async fn recovery_done(&self, epoch: Epoch) {
-        // A closed channel means the driver stopped; its role already says so.
-        let _ = self.commands.send(Command::RecoveryDone(epoch)).await;
-    }
-
-    /// Report that journal recovery for `epoch` failed; the lane fences.
-    pub async fn recovery_failed(&self, epoch: Epoch) {
-        let _ = self.commands.send(Command::RecoveryFailed(epoch)).await;
+    /// A cloneable reporter for the task that runs journal recovery.
+    pub fn recovery_reporter(&self) -> RecoveryReporter {
+        RecoveryReporter {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Stop: fence if active (the guard is revoked and `Stopped` published before this returns).
     pub async fn shutdown(self) {
-        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.stop.send(());
         let _ = self.task.await;
     }
 
@@ -147,6 +166,7 @@ async fn run(
     role_tx: watch::Sender<Role>,
     guard: WriteGuard,
     mut commands: mpsc::Receiver<Command>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let lane = machine.config().lane.clone();
     // Results of store calls; bounded, and at most one call is in flight.
@@ -176,10 +196,11 @@ async fn run(
             .clamp(t + Duration::from_millis(1), t + max_idle);
         let event = tokio::select! {
             biased;
-            cmd = commands.recv() => match cmd {
-                Some(Command::RecoveryDone(epoch)) => Event::RecoveryDone { epoch },
-                Some(Command::RecoveryFailed(epoch)) => Event::RecoveryFailed { epoch },
-                Some(Command::Shutdown) | None => Event::Shutdown,
+            // Sent or dropped: either way the owner is gone or asked us to stop.
+            _ = &mut stop => Event::Shutdown,
+            Some(cmd) = commands.recv() => match cmd {
+                Command::RecoveryDone(epoch) => Event::RecoveryDone { epoch },
+                Command::RecoveryFailed(epoch) => Event::RecoveryFailed { epoch },
             },
             Some(event) = results_rx.recv() => event,
             () = tokio::time::sleep_until((origin + wake).into()) => Event::Tick,

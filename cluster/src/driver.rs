@@ -13,8 +13,8 @@
 //! *what* to do, the guard tells it *whether it may still write now*, from the lease deadline alone, even if
 //! this task is starved of CPU and has not yet published the fence.
 //!
-//! Store calls run in `spawn_blocking`, at most one at a time (the machine never issues a second before the
-//! first answers); timers keep running while a call hangs, so a hung NFS call cannot delay a fence.
+//! Store calls run in `spawn_blocking`. The machine issues one at a time per phase and ignores answers meant for
+//! an earlier phase; timers keep running while a call hangs, so a hung NFS call cannot delay a fence.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,42 +159,55 @@ impl DriverHandle {
     }
 }
 
+/// The driver task's state.
+struct Runner {
+    machine: RoleMachine,
+    store: Arc<dyn LeaseStore>,
+    lane: LaneId,
+    /// The machine's time zero.
+    origin: Instant,
+    role: watch::Sender<Role>,
+    guard: WriteGuard,
+    /// Where store calls answer. Bounded: the machine has at most one call outstanding per phase (a call
+    /// abandoned by a fence may still be running alongside the next phase's call).
+    results: mpsc::Sender<Event>,
+}
+
 async fn run(
-    mut machine: RoleMachine,
+    machine: RoleMachine,
     store: Arc<dyn LeaseStore>,
     origin: Instant,
-    role_tx: watch::Sender<Role>,
+    role: watch::Sender<Role>,
     guard: WriteGuard,
     mut commands: mpsc::Receiver<Command>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let lane = machine.config().lane.clone();
-    // Results of store calls; bounded, and at most one call is in flight.
-    let (results_tx, mut results_rx) = mpsc::channel::<Event>(4);
+    let (results, mut results_rx) = mpsc::channel::<Event>(4);
     let timing = machine.config().timing.clone();
+    // Wake at least this often even when the machine has no timer due (cheap; bounds any lateness).
     let max_idle = timing.poll_interval.min(timing.renew_interval);
-    let now = || origin.elapsed();
-    let mut actions = machine.step(now(), Event::Tick);
+    let mut runner = Runner {
+        lane: machine.config().lane.clone(),
+        machine,
+        store,
+        origin,
+        role,
+        guard,
+        results,
+    };
+    let mut event = Event::Tick;
     loop {
-        apply(
-            &machine,
-            &actions,
-            origin,
-            &role_tx,
-            &guard,
-            &store,
-            &lane,
-            &results_tx,
-        );
-        if machine.role() == crate::Role::Stopped {
+        runner.step(event);
+        if runner.machine.role() == Role::Stopped {
             return;
         }
-        let t = now();
-        let wake = machine
+        let now = runner.now();
+        let wake = runner
+            .machine
             .next_wakeup()
-            .unwrap_or(t + max_idle)
-            .clamp(t + Duration::from_millis(1), t + max_idle);
-        let event = tokio::select! {
+            .unwrap_or(now + max_idle)
+            .clamp(now + Duration::from_millis(1), now + max_idle);
+        event = tokio::select! {
             biased;
             // Sent or dropped: either way the owner is gone or asked us to stop.
             _ = &mut stop => Event::Shutdown,
@@ -205,78 +218,73 @@ async fn run(
             Some(event) = results_rx.recv() => event,
             () = tokio::time::sleep_until((origin + wake).into()) => Event::Tick,
         };
-        actions = machine.step(now(), event);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    machine: &RoleMachine,
-    actions: &[Action],
-    origin: Instant,
-    role_tx: &watch::Sender<Role>,
-    guard: &WriteGuard,
-    store: &Arc<dyn LeaseStore>,
-    lane: &LaneId,
-    results: &mpsc::Sender<Event>,
-) {
-    // Guard first: a fence revokes writing before anything else happens.
-    guard.set(
-        machine
-            .write_deadline()
-            .map(|(epoch, d)| (epoch, origin + d)),
-    );
-    let role = machine.role();
-    role_tx.send_if_modified(|current| {
-        if *current == role {
-            return false;
+impl Runner {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Feed one event (timestamped now, i.e. no earlier than it happened) and carry out the actions.
+    fn step(&mut self, event: Event) {
+        let actions = self.machine.step(self.now(), event);
+        // Guard first: a fence revokes writing before anything else happens.
+        let lease = self.machine.write_deadline();
+        self.guard
+            .set(lease.map(|(epoch, deadline)| (epoch, self.origin + deadline)));
+        let role = self.machine.role();
+        let lane = &self.lane;
+        self.role.send_if_modified(|current| {
+            if *current == role {
+                return false;
+            }
+            tracing::info!(lane = %lane, from = ?current, to = ?role, "lease role changed");
+            *current = role;
+            true
+        });
+        for action in actions {
+            self.execute(action);
         }
-        tracing::info!(lane = %lane, from = ?current, to = ?role, "lease role changed");
-        *current = role;
-        true
-    });
-    for action in actions {
+    }
+
+    fn execute(&self, action: Action) {
+        let lane = self.lane.clone();
         match action {
-            Action::ReadLease { hint } => {
-                let hint = *hint;
-                call(store, results, move |s| match s.read(hint) {
-                    Ok(view) => Event::LeaseObserved(view),
+            Action::ReadLease { hint } => self.call(move |s| match s.read(hint) {
+                Ok(view) => Event::LeaseObserved(view),
+                Err(error) => {
+                    tracing::warn!(%error, "lease read failed");
+                    Event::ReadFailed
+                }
+            }),
+            Action::ClaimEpoch(epoch) => self.call(move |s| {
+                Event::ClaimResult(match s.claim(epoch, &lane) {
+                    Ok(()) => ClaimOutcome::Won(epoch),
+                    Err(LeaseError::Lost { .. }) => ClaimOutcome::Lost(epoch),
                     Err(error) => {
-                        tracing::warn!(%error, "lease read failed");
-                        Event::ReadFailed
+                        tracing::warn!(%error, %epoch, "lease claim failed");
+                        ClaimOutcome::Failed
                     }
-                });
-            }
-            Action::ClaimEpoch(epoch) => {
-                let (epoch, lane) = (*epoch, lane.clone());
-                call(store, results, move |s| {
-                    Event::ClaimResult(match s.claim(epoch, &lane) {
-                        Ok(()) => ClaimOutcome::Won(epoch),
-                        Err(LeaseError::Lost { .. }) => ClaimOutcome::Lost(epoch),
-                        Err(error) => {
-                            tracing::warn!(%error, %epoch, "lease claim failed");
-                            ClaimOutcome::Failed
-                        }
-                    })
-                });
-            }
-            Action::RenewHeartbeat { epoch, counter } => {
-                let (epoch, counter, lane) = (*epoch, *counter, lane.clone());
-                call(store, results, move |s| {
-                    Event::RenewResult(match s.renew(epoch, &lane, counter) {
-                        Ok(()) => RenewOutcome::Renewed,
-                        Err(LeaseError::Superseded { newer, .. }) => {
-                            RenewOutcome::Superseded { newer }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, %epoch, "lease renewal failed");
-                            RenewOutcome::Failed
-                        }
-                    })
-                });
-            }
+                })
+            }),
+            Action::RenewHeartbeat { epoch, counter } => self.call(move |s| {
+                let outcome = match s.renew(epoch, &lane, counter) {
+                    Ok(()) => RenewOutcome::Renewed,
+                    Err(LeaseError::Superseded { newer, .. }) => RenewOutcome::Superseded { newer },
+                    Err(error) => {
+                        tracing::warn!(%error, %epoch, "lease renewal failed");
+                        RenewOutcome::Failed
+                    }
+                };
+                Event::RenewResult {
+                    epoch,
+                    counter,
+                    outcome,
+                }
+            }),
             Action::CollectGarbage { current } => {
-                let (store, current) = (Arc::clone(store), *current);
+                let store = Arc::clone(&self.store);
                 // Fire and forget: garbage collection is never on the path of a role decision.
                 tokio::task::spawn_blocking(move || {
                     if let Err(error) = store.collect_garbage(current) {
@@ -294,17 +302,14 @@ fn apply(
             }
         }
     }
-}
 
-fn call(
-    store: &Arc<dyn LeaseStore>,
-    results: &mpsc::Sender<Event>,
-    op: impl FnOnce(&dyn LeaseStore) -> Event + Send + 'static,
-) {
-    let (store, results) = (Arc::clone(store), results.clone());
-    tokio::task::spawn_blocking(move || {
-        let event = op(store.as_ref());
-        // The driver may have stopped meanwhile; then nobody needs the answer.
-        let _ = results.blocking_send(event);
-    });
+    /// Run a store call on the blocking pool; its answer comes back as an event.
+    fn call(&self, op: impl FnOnce(&dyn LeaseStore) -> Event + Send + 'static) {
+        let (store, results) = (Arc::clone(&self.store), self.results.clone());
+        tokio::task::spawn_blocking(move || {
+            let event = op(store.as_ref());
+            // The driver may have stopped meanwhile; then nobody needs the answer.
+            let _ = results.blocking_send(event);
+        });
+    }
 }

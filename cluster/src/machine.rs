@@ -99,8 +99,17 @@ pub enum Event {
     ReadFailed,
     /// Result of [`Action::ClaimEpoch`].
     ClaimResult(ClaimOutcome),
-    /// Result of [`Action::RenewHeartbeat`].
-    RenewResult(RenewOutcome),
+    /// Result of [`Action::RenewHeartbeat`], naming the epoch and counter of that action. A result that does not
+    /// match the renewal in flight (e.g. one abandoned by a fence, answering after this lane claimed a later
+    /// epoch) is ignored: it must never extend a deadline.
+    RenewResult {
+        /// The epoch of the renewal.
+        epoch: Epoch,
+        /// The counter of the renewal.
+        counter: u64,
+        /// What happened.
+        outcome: RenewOutcome,
+    },
     /// The runtime finished recovering the journal for `epoch`.
     RecoveryDone {
         /// The epoch recovery ran under.
@@ -308,7 +317,11 @@ impl RoleMachine {
                 }
             }
             Event::ClaimResult(outcome) => self.on_claim(now, outcome, &mut out),
-            Event::RenewResult(outcome) => self.on_renew(now, outcome, &mut out),
+            Event::RenewResult {
+                epoch,
+                counter,
+                outcome,
+            } => self.on_renew(now, epoch, counter, outcome, &mut out),
             Event::RecoveryDone { epoch } => {
                 if let State::Active(h) = &mut self.state
                     && h.epoch == epoch
@@ -443,11 +456,21 @@ impl RoleMachine {
         }
     }
 
-    fn on_renew(&mut self, now: Duration, outcome: RenewOutcome, out: &mut Vec<Action>) {
+    fn on_renew(
+        &mut self,
+        now: Duration,
+        epoch: Epoch,
+        counter: u64,
+        outcome: RenewOutcome,
+        out: &mut Vec<Action>,
+    ) {
         let timing = &self.cfg.timing;
         let State::Active(h) = &mut self.state else {
             return;
         };
+        if h.epoch != epoch || h.counter != counter {
+            return;
+        }
         let Some(started) = h.renewing.take() else {
             return;
         };

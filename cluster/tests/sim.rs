@@ -355,13 +355,15 @@ fn apply(store: &MemoryLeaseStore, lane: &LaneId, action: Action) -> Event {
             Err(LeaseError::Lost { .. }) => ClaimOutcome::Lost(epoch),
             Err(_) => ClaimOutcome::Failed,
         }),
-        Action::RenewHeartbeat { epoch, counter } => {
-            Event::RenewResult(match store.renew(epoch, lane, counter) {
+        Action::RenewHeartbeat { epoch, counter } => Event::RenewResult {
+            epoch,
+            counter,
+            outcome: match store.renew(epoch, lane, counter) {
                 Ok(()) => RenewOutcome::Renewed,
                 Err(LeaseError::Superseded { newer, .. }) => RenewOutcome::Superseded { newer },
                 Err(_) => RenewOutcome::Failed,
-            })
-        }
+            },
+        },
         other => unreachable!("{other:?}"),
     }
 }

@@ -38,6 +38,19 @@ fn active(at: Duration) -> RoleMachine {
     m
 }
 
+/// The answer to the renewal in flight (or, when not active, to epoch 1's first renewal).
+fn renew_result(m: &RoleMachine, outcome: RenewOutcome) -> Event {
+    let (epoch, counter) = match &m.state {
+        State::Active(h) => (h.epoch, h.counter),
+        _ => (Epoch(1), 1),
+    };
+    Event::RenewResult {
+        epoch,
+        counter,
+        outcome,
+    }
+}
+
 fn claims(out: &[Action]) -> Vec<Epoch> {
     out.iter()
         .filter_map(|a| match a {
@@ -129,7 +142,7 @@ fn empty_store_claims_epoch_one_recovers_then_serves_and_renews() {
     // One renewal in flight at a time.
     assert!(m.step(ms(400), Event::Tick).is_empty());
     assert!(
-        m.step(ms(410), Event::RenewResult(RenewOutcome::Renewed))
+        m.step(ms(410), renew_result(&m, RenewOutcome::Renewed))
             .is_empty()
     );
     assert_eq!(m.write_deadline(), Some((Epoch(1), ms(1053))));
@@ -230,7 +243,7 @@ fn renew_failures_fence_exactly_at_ttl_minus_margin() {
             .any(|a| matches!(a, Action::RenewHeartbeat { .. }))
         {
             assert!(fenced_at.is_none(), "renewal attempted after fencing");
-            out.extend(m.step(now, Event::RenewResult(RenewOutcome::Failed)));
+            out.extend(m.step(now, renew_result(&m, RenewOutcome::Failed)));
         }
         if out.contains(&Action::Fence {
             epoch: Epoch(1),
@@ -254,7 +267,7 @@ fn every_renew_attempt_writes_a_new_counter() {
         for a in m.step(ms(t), Event::Tick) {
             if let Action::RenewHeartbeat { counter, .. } = a {
                 counters.push(counter);
-                m.step(ms(t), Event::RenewResult(RenewOutcome::Failed));
+                m.step(ms(t), renew_result(&m, RenewOutcome::Failed));
             }
         }
     }
@@ -269,7 +282,7 @@ fn every_renew_attempt_writes_a_new_counter() {
 fn renewal_extends_the_deadline_from_its_start_not_its_completion() {
     let mut m = active(ms(0));
     m.step(ms(250), Event::Tick);
-    m.step(ms(700), Event::RenewResult(RenewOutcome::Renewed));
+    m.step(ms(700), renew_result(&m, RenewOutcome::Renewed));
     assert_eq!(m.write_deadline(), Some((Epoch(1), ms(1050))));
 }
 
@@ -277,7 +290,7 @@ fn renewal_extends_the_deadline_from_its_start_not_its_completion() {
 fn a_renewal_that_completes_after_the_deadline_does_not_revive_the_lease() {
     let mut m = active(ms(0));
     m.step(ms(250), Event::Tick);
-    let out = m.step(ms(800), Event::RenewResult(RenewOutcome::Renewed));
+    let out = m.step(ms(800), renew_result(&m, RenewOutcome::Renewed));
     assert_eq!(
         out,
         vec![
@@ -298,7 +311,7 @@ fn a_newer_epoch_fences_at_once_and_the_next_claim_is_above_it() {
     m.step(ms(250), Event::Tick);
     let out = m.step(
         ms(260),
-        Event::RenewResult(RenewOutcome::Superseded { newer: Epoch(5) }),
+        renew_result(&m, RenewOutcome::Superseded { newer: Epoch(5) }),
     );
     assert_eq!(
         out,
@@ -336,7 +349,7 @@ fn after_fencing_the_old_epoch_is_never_active_again() {
         if !claims(&m.step(now, Event::Tick)).is_empty() {
             unreachable!()
         }
-        m.step(now, Event::RenewResult(RenewOutcome::Failed));
+        m.step(now, renew_result(&m, RenewOutcome::Failed));
     }
     assert_eq!(now, ms(800));
     let mut saw_claim = None;
@@ -365,12 +378,12 @@ fn after_fencing_the_old_epoch_is_never_active_again() {
 fn a_paused_active_wakes_up_fenced_without_renewing_or_writing() {
     let mut m = active(ms(0));
     m.step(ms(250), Event::Tick);
-    m.step(ms(260), Event::RenewResult(RenewOutcome::Renewed));
+    m.step(ms(260), renew_result(&m, RenewOutcome::Renewed));
     assert_eq!(m.write_deadline(), Some((Epoch(1), ms(1050))));
     m.step(ms(500), Event::Tick); // renewal 2 issued, then SIGSTOP for 5 s
     // Woken: the renewal's result is the first thing processed. It succeeded on the store (the other lane had not
     // claimed yet) but too late to count.
-    let out = m.step(ms(5500), Event::RenewResult(RenewOutcome::Renewed));
+    let out = m.step(ms(5500), renew_result(&m, RenewOutcome::Renewed));
     assert_eq!(
         out,
         vec![
@@ -425,11 +438,7 @@ fn lost_or_failed_claims_return_to_watching() {
 #[test]
 fn results_meant_for_another_role_are_ignored() {
     let mut m = RoleMachine::new(config("a"), ms(0));
-    assert!(
-        m.step(ms(0), Event::RenewResult(RenewOutcome::Renewed))
-            .len()
-            == 1
-    ); // only the read
+    assert!(m.step(ms(0), renew_result(&m, RenewOutcome::Renewed)).len() == 1); // only the read
     assert!(
         m.step(ms(1), Event::ClaimResult(ClaimOutcome::Won(Epoch(1))))
             .is_empty()
@@ -438,7 +447,7 @@ fn results_meant_for_another_role_are_ignored() {
     let mut m = active(ms(0));
     assert!(m.step(ms(1), Event::LeaseObserved(None)).is_empty());
     assert!(
-        m.step(ms(2), Event::RenewResult(RenewOutcome::Renewed))
+        m.step(ms(2), renew_result(&m, RenewOutcome::Renewed))
             .is_empty()
     );
     assert_eq!(m.write_deadline(), Some((Epoch(1), ms(800))));
@@ -492,12 +501,14 @@ fn only_monotonic_deltas_matter_not_the_clock_origin() {
                             Ok(()) => ClaimOutcome::Won(e),
                             Err(_) => ClaimOutcome::Lost(e),
                         }),
-                        Action::RenewHeartbeat { epoch, counter } => {
-                            Event::RenewResult(match store.renew(epoch, lane, counter) {
+                        Action::RenewHeartbeat { epoch, counter } => Event::RenewResult {
+                            epoch,
+                            counter,
+                            outcome: match store.renew(epoch, lane, counter) {
                                 Ok(()) => RenewOutcome::Renewed,
                                 Err(_) => RenewOutcome::Failed,
-                            })
-                        }
+                            },
+                        },
                         Action::RecoverJournal { epoch } => Event::RecoveryDone { epoch },
                         _ => continue,
                     };
@@ -560,4 +571,38 @@ fn two_lanes_racing_for_the_same_epoch_exactly_one_wins() {
             Role::Dormant
         ]
     );
+}
+
+#[test]
+fn a_renewal_result_from_an_earlier_epoch_never_extends_a_later_one() {
+    // Epoch 1's renewal hangs (hard NFS mount), the lane fences, rejoins, and claims epoch 2; then the old call
+    // returns "renewed" while epoch 2's first renewal is in flight. It must not count for epoch 2.
+    let mut m = active(ms(0));
+    m.step(ms(250), Event::Tick); // renewal (epoch 1, counter 1) hangs
+    assert!(matches!(
+        m.step(ms(800), Event::Tick)[0],
+        Action::Fence { .. }
+    ));
+    let (at, epoch) = watch_until(&mut m, ms(1), ms(10_000), |_| view(1, "a", 0)).unwrap();
+    assert_eq!(epoch, Epoch(2));
+    m.step(at, Event::ClaimResult(ClaimOutcome::Won(Epoch(2))));
+    let (_, deadline) = m.write_deadline().unwrap();
+    let renew_at = m.next_wakeup().unwrap();
+    assert_eq!(
+        m.step(renew_at, Event::Tick),
+        vec![Action::RenewHeartbeat {
+            epoch: Epoch(2),
+            counter: 1
+        }]
+    );
+    let stale = Event::RenewResult {
+        epoch: Epoch(1),
+        counter: 1,
+        outcome: RenewOutcome::Renewed,
+    };
+    assert!(m.step(renew_at + ms(5), stale).is_empty());
+    assert_eq!(m.write_deadline(), Some((Epoch(2), deadline)));
+    // The real answer still counts.
+    m.step(renew_at + ms(6), renew_result(&m, RenewOutcome::Renewed));
+    assert!(m.write_deadline().unwrap().1 > deadline);
 }

@@ -17,6 +17,8 @@ pub struct Faults {
     pub fail_claims: AtomicBool,
     /// Fail every `renew` (before it takes effect).
     pub fail_renewals: AtomicBool,
+    /// Let every `renew` take effect, then report it failed (a reply lost after the write landed).
+    pub lose_renewal_replies: AtomicBool,
     /// Block every call this many milliseconds before it takes effect (a slow or hung disk).
     pub delay_ms: AtomicU64,
 }
@@ -119,6 +121,9 @@ impl LeaseStore for MemoryLeaseStore {
             });
         }
         shared.heartbeats.insert(epoch.0, counter);
+        if self.faults.lose_renewal_replies.load(Ordering::Relaxed) {
+            return Err(LeaseError::Injected { op: "renew reply" });
+        }
         Ok(())
     }
 

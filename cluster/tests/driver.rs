@@ -252,3 +252,21 @@ async fn a_hung_store_call_cannot_delay_the_fence() {
     store.faults().delay_ms.store(0, Ordering::Relaxed);
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_fences_and_stops_the_driver() {
+    let store = MemoryLeaseStore::new();
+    let a = spawn_lane("a", Arc::new(store.clone()));
+    let mut ra = a.role();
+    until_one(&mut ra, "a to serve", |r| serving(r).is_some()).await;
+    let guard = a.write_guard();
+    drop(a);
+    until_one(&mut ra, "a to stop", |r| r == Role::Stopped).await;
+    assert!(guard.check().is_err());
+    // The lease itself is left to expire: a new lane on the same store takes over with a higher epoch.
+    let b = spawn_lane("b", Arc::new(store.new_handle()));
+    let mut rb = b.role();
+    let role = until_one(&mut rb, "b to serve", |r| serving(r).is_some()).await;
+    assert_eq!(serving(role), Some(Epoch(2)));
+    b.shutdown().await;
+}

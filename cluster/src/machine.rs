@@ -11,6 +11,11 @@
 //!   before every event is interpreted, so a result that arrives late can never extend a lease that ran out; it
 //!   also fences when a renewal reports a newer epoch.
 //! - After fencing, the only way back to Active is a claim of an epoch above every epoch this machine has seen.
+//!
+//! Answers to store actions: at most one read, claim or renewal is outstanding per phase. Dormant and Acquiring
+//! are left only when their call answers, so a read or claim answer always belongs to the current phase. A
+//! renewal can be abandoned by a fence and answer much later, so renewal answers carry `(epoch, counter)` and only
+//! the one in flight counts.
 
 use std::time::Duration;
 

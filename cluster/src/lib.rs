@@ -80,7 +80,10 @@
 //!   point; the newest epoch is found by opening `epoch-(k+1)` by exact name. Negative lookups are cached by
 //!   default on Linux, so a holder may learn of a successor late, and a dormant may try to claim an epoch that
 //!   exists (it gets `EEXIST` from the server and retries higher). Neither is unsafe: safety rests on the deadline.
-//!   Mount with **`lookupcache=positive`** for prompt detection.
+//!   Mount with **`lookupcache=positive`** for prompt detection. On EFS: AWS's recommended
+//!   `nfsvers=4.1,hard,timeo=600,retrans=2,noresvport` plus `lookupcache=positive`; `hard` means a call can block
+//!   for minutes, which is why the driver never waits on a store call to fence. A dormant poll costs about four
+//!   opens (two to find the newest epoch, then the claim record and the heartbeat).
 //! - **Exclusive create is atomic at the server.** NFSv4.1 (EFS) has session exactly-once semantics, so a
 //!   retransmitted create cannot report `EEXIST` to its own winner; if some client did, that lane would treat its
 //!   claim as lost and watch a lease nobody renews, then claim the next epoch: slower, not unsafe.

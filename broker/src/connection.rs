@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tandem_protocol::model::Destination;
+use tandem_protocol::selector::Selector;
 use tandem_protocol::wire::{self, AckKind, AckMode};
 use tandem_protocol::{CodecError, ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
@@ -509,12 +510,15 @@ impl Connection {
             ));
         };
         let dest = parse_destination(dest)?;
-        if !c.selector.trim().is_empty() {
-            return Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "message selectors are not supported yet",
-            ));
-        }
+        let selector = match c.selector.trim() {
+            "" => None,
+            text => Some(Selector::parse(text).map_err(|e| {
+                Refusal::new(
+                    ErrorCode::InvalidSelector,
+                    format!("selector {text:?}: {e}"),
+                )
+            })?),
+        };
         if c.durable || c.shared || !c.subscription_name.is_empty() {
             return Err(Refusal::new(
                 ErrorCode::NotImplemented,
@@ -527,14 +531,16 @@ impl Connection {
                 "queue browsers are not supported yet",
             ));
         }
+        let is_queue = dest.kind().is_queue();
         let shared = ConsumerShared::new(
             c.consumer_id,
             self.id,
             session.clone(),
             c.prefetch,
+            if is_queue { selector.clone() } else { None },
             self.out.clone(),
         );
-        let attachment = if dest.kind().is_queue() {
+        let attachment = if is_queue {
             Attachment::Queue(self.inner.queue(&dest)?)
         } else {
             let topic = self.inner.topic(&dest)?;
@@ -545,6 +551,7 @@ impl Connection {
                 consumer_key: (self.id, c.consumer_id),
                 queue: queue.clone(),
                 no_local_connection: c.no_local.then_some(self.id),
+                selector,
             }));
             Attachment::Topic { topic, queue }
         };

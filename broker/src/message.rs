@@ -5,12 +5,14 @@
 //! ([`wire::MessageHeaders`] skips properties and body); properties are decoded on first use by a
 //! selector and cached.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 use prost::Message as _;
 use tandem_protocol::ErrorCode;
 use tandem_protocol::model::{Destination, PropertyValue};
+use tandem_protocol::selector::{SelectorSource, SelectorValue};
 use tandem_protocol::wire;
 
 /// A message accepted by the broker, shared by every queue it is on.
@@ -30,6 +32,8 @@ pub struct BrokerMessage {
     pub persistent: bool,
     /// The connection it came from (for noLocal).
     pub origin_connection: u64,
+    /// The decoded headers (selectors read them).
+    pub headers: wire::MessageHeaders,
     properties: OnceLock<Vec<(String, PropertyValue)>>,
 }
 
@@ -110,6 +114,7 @@ impl BrokerMessage {
             expiration: h.expiration,
             persistent: h.persistent,
             origin_connection,
+            headers: h,
             properties: OnceLock::new(),
         })
     }
@@ -140,6 +145,60 @@ impl BrokerMessage {
                 .collect()
         })
     }
+}
+
+/// A message as a selector sees it: headers, JMSX fields and properties, with the delivery count
+/// the next delivery would carry.
+pub struct SelectorView<'a> {
+    /// The message.
+    pub msg: &'a BrokerMessage,
+    /// JMSXDeliveryCount of the delivery being considered.
+    pub delivery_count: u32,
+}
+
+impl SelectorSource for SelectorView<'_> {
+    fn value(&self, identifier: &str) -> Option<SelectorValue<'_>> {
+        use tandem_protocol::selector::headers as h;
+        let m = self.msg;
+        match identifier {
+            h::JMS_DELIVERY_MODE => Some(SelectorValue::Str(Cow::Borrowed(if m.persistent {
+                h::PERSISTENT
+            } else {
+                h::NON_PERSISTENT
+            }))),
+            h::JMS_PRIORITY => Some(SelectorValue::Long(i64::from(m.priority))),
+            h::JMS_MESSAGE_ID => (!m.headers.message_id.is_empty())
+                .then(|| SelectorValue::Str(Cow::Borrowed(m.headers.message_id.as_str()))),
+            h::JMS_TIMESTAMP => Some(SelectorValue::Long(m.headers.timestamp)),
+            h::JMS_CORRELATION_ID => s(&m.headers.correlation_id),
+            h::JMS_TYPE => s(&m.headers.r#type),
+            h::JMS_EXPIRATION => Some(SelectorValue::Long(m.expiration)),
+            h::JMS_DELIVERY_TIME => Some(SelectorValue::Long(m.headers.delivery_time)),
+            h::JMSX_DELIVERY_COUNT => Some(SelectorValue::Long(i64::from(self.delivery_count))),
+            h::JMSX_GROUP_ID => s(&m.headers.group_id),
+            h::JMSX_GROUP_SEQ => (m.headers.group_seq != 0)
+                .then_some(SelectorValue::Long(i64::from(m.headers.group_seq))),
+            h::JMSX_USER_ID => s(&m.headers.user_id),
+            name => m
+                .properties()
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| match v {
+                    PropertyValue::Bool(b) => SelectorValue::Bool(*b),
+                    PropertyValue::Byte(x) => SelectorValue::Long(i64::from(*x)),
+                    PropertyValue::Short(x) => SelectorValue::Long(i64::from(*x)),
+                    PropertyValue::Int(x) => SelectorValue::Long(i64::from(*x)),
+                    PropertyValue::Long(x) => SelectorValue::Long(*x),
+                    PropertyValue::Float(x) => SelectorValue::Double(f64::from(*x)),
+                    PropertyValue::Double(x) => SelectorValue::Double(*x),
+                    PropertyValue::String(x) => SelectorValue::Str(Cow::Borrowed(x.as_str())),
+                }),
+        }
+    }
+}
+
+fn s(v: &Option<String>) -> Option<SelectorValue<'_>> {
+    v.as_deref().map(|s| SelectorValue::Str(Cow::Borrowed(s)))
 }
 
 /// Milliseconds since the Unix epoch: JMS timestamps are wall-clock by definition.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::message::BrokerMessage;
+use crate::message::{BrokerMessage, SelectorView};
 use crate::session::ConsumerShared;
 
 /// A message on a queue, with its delivery history.
@@ -306,7 +306,7 @@ impl Queue {
                 let n = st.consumers.len();
                 let pick = (0..n).map(|i| (st.rr + i) % n).find(|&i| {
                     let s = &st.consumers[i];
-                    s.has_room() && accepts(&s.consumer, &entry.msg)
+                    s.has_room() && accepts(&s.consumer, entry)
                 });
                 let Some(i) = pick else { continue };
                 let entry = st.ready[prio].remove(&seq).expect("present");
@@ -340,7 +340,12 @@ impl Queue {
     }
 }
 
-/// Whether a consumer takes a message: the hook for consumer selectors on queues.
-fn accepts(_consumer: &ConsumerShared, _msg: &BrokerMessage) -> bool {
-    true
+/// Whether a consumer's selector takes a message.
+fn accepts(consumer: &ConsumerShared, entry: &Entry) -> bool {
+    consumer.selector.as_ref().is_none_or(|s| {
+        s.matches(&SelectorView {
+            msg: &entry.msg,
+            delivery_count: entry.delivery_count + 1,
+        })
+    })
 }

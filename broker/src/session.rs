@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use tandem_protocol::selector::Selector;
 use tandem_protocol::{Frame, wire};
 use tokio::sync::mpsc;
 
@@ -67,6 +68,8 @@ pub struct ConsumerShared {
     pub session: Arc<SessionShared>,
     /// Most unacknowledged deliveries outstanding.
     pub prefetch: u32,
+    /// Only messages this selects are delivered (queues; topic subscriptions filter at fan-out).
+    pub selector: Option<Selector>,
     /// Where its deliveries go.
     pub out: Outbound,
     closed: AtomicBool,
@@ -78,6 +81,7 @@ impl ConsumerShared {
         connection_id: u64,
         session: Arc<SessionShared>,
         prefetch: u32,
+        selector: Option<Selector>,
         out: Outbound,
     ) -> Arc<ConsumerShared> {
         Arc::new(ConsumerShared {
@@ -85,6 +89,7 @@ impl ConsumerShared {
             connection_id,
             session,
             prefetch,
+            selector,
             out,
             closed: AtomicBool::new(false),
         })

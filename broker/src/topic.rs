@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
-use crate::message::BrokerMessage;
+use tandem_protocol::selector::Selector;
+
+use crate::message::{BrokerMessage, SelectorView};
 use crate::queue::Queue;
 
 /// One subscription: its queue and the filter applied at fan-out.
@@ -20,11 +22,19 @@ pub struct Subscription {
     pub queue: Arc<Queue>,
     /// Skip messages from this connection (noLocal).
     pub no_local_connection: Option<u64>,
+    /// Only messages this selects enter the subscription.
+    pub selector: Option<Selector>,
 }
 
 impl Subscription {
     fn accepts(&self, msg: &BrokerMessage) -> bool {
         self.no_local_connection != Some(msg.origin_connection)
+            && self.selector.as_ref().is_none_or(|s| {
+                s.matches(&SelectorView {
+                    msg,
+                    delivery_count: 1,
+                })
+            })
     }
 }
 

@@ -710,3 +710,77 @@ async fn health_and_metrics_over_http() {
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     b.shutdown().await;
 }
+
+async fn consumer_with_selector(
+    c: &mut Raw,
+    consumer_id: u64,
+    dest: &tandem_protocol::model::Destination,
+    selector: &str,
+) -> Result<(), (ErrorCode, String)> {
+    c.request(|request_id| {
+        wire::ConsumerOpen {
+            request_id,
+            session_id: 1,
+            consumer_id,
+            destination: Some(dest.to_wire()),
+            selector: selector.into(),
+            prefetch: 100,
+            ..Default::default()
+        }
+        .into()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn selectors_on_queue_consumers_and_topic_subscriptions() {
+    let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
+    let q = queue("sel");
+    let t = topic("sel.t");
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Auto).await;
+    let e = consumer_with_selector(&mut c, 1, &q, "n >")
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, ErrorCode::InvalidSelector);
+    assert!(e.1.contains("n >"), "{}", e.1);
+    // Odd and even consumers compete on one queue; a topic subscriber takes only n > 8.
+    consumer_with_selector(&mut c, 2, &q, "n / 2 * 2 = n")
+        .await
+        .unwrap();
+    let mut odd = Raw::local(&b).await;
+    odd.session(1, AckMode::Auto).await;
+    consumer_with_selector(&mut odd, 1, &q, "n / 2 * 2 <> n AND JMSPriority = 4")
+        .await
+        .unwrap();
+    let mut sub = Raw::local(&b).await;
+    sub.session(1, AckMode::Auto).await;
+    consumer_with_selector(&mut sub, 1, &t, "n > 8 AND JMSDeliveryMode = 'PERSISTENT'")
+        .await
+        .unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, None).await;
+    for i in 1..=10 {
+        p.send_msg(1, i, text(&q, i, true)).await.unwrap();
+        p.send_msg(1, 100 + i, text(&t, i, true)).await.unwrap();
+    }
+    let mut evens = Vec::new();
+    let mut odds = Vec::new();
+    for _ in 0..5 {
+        evens.push(n_of(&c.deliver().await));
+        odds.push(n_of(&odd.deliver().await));
+    }
+    assert_eq!(evens, vec![2, 4, 6, 8, 10]);
+    assert_eq!(odds, vec![1, 3, 5, 7, 9]);
+    assert_eq!(
+        vec![n_of(&sub.deliver().await), n_of(&sub.deliver().await)],
+        vec![9, 10]
+    );
+    assert!(
+        sub.deliver_within(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    b.shutdown().await;
+}

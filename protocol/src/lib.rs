@@ -1,1 +1,3 @@
 //! tandem-protocol.
+
+pub mod stomp;

@@ -392,6 +392,8 @@ impl Decoder for StompCodec {
 ///   non-empty (so NULs in it survive) or the frame carried the header. `content-type` and every
 ///   other header pass through untouched.
 ///
+/// [`StompLimits`] are not applied here: what we send is bounded where messages are accepted.
+///
 /// On error nothing is written to `dst`.
 pub fn encode_frame(
     frame: &StompFrame,

@@ -4,6 +4,36 @@
 //! [`StompError`] into [`StompError::to_error_frame`] followed by a close, and uses
 //! [`negotiate_version`] / [`negotiate_heart_beat`] on the CONNECT frame.
 //!
+//! All commands share one generic [`StompFrame`] (a command, ordered headers, a body): STOMP's
+//! framing does not depend on the command, so the per-command meaning (required headers, ack
+//! modes) belongs to the session that maps frames to broker requests.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use tandem_protocol::stomp::*;
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! let mut codec = StompCodec::new(StompLimits::default());
+//! let mut buf = BytesMut::from(&b"CONNECT\naccept-version:1.1,1.2\nheart-beat:1000,0\n\n\0\n"[..]);
+//! let Some(Item::Frame(connect)) = codec.decode(&mut buf)? else { unreachable!() };
+//! let version = negotiate_version(connect.header("accept-version"), &SUPPORTED_VERSIONS)?;
+//! codec.set_version(version);
+//! let client = HeartBeat::from_header(connect.header("heart-beat"))?;
+//! let server = HeartBeat { send_ms: 5000, recv_ms: 2000 };
+//! let beats = negotiate_heart_beat(client, server);
+//! assert_eq!(beats.client_to_server_ms, 2000);
+//! assert_eq!(beats.server_to_client(), None); // the client wants none
+//! assert_eq!(codec.decode(&mut buf)?, Some(Item::HeartBeat)); // the trailing EOL
+//!
+//! let connected = StompFrame::new(Command::Connected)
+//!     .with_header("version", version.as_str())
+//!     .with_header("heart-beat", server.to_string());
+//! let mut out = BytesMut::new();
+//! codec.encode(&connected, &mut out)?;
+//! assert_eq!(&out[..], b"CONNECTED\nversion:1.2\nheart-beat:5000,2000\n\n\0");
+//! # Ok::<(), StompError>(())
+//! ```
+//!
 //! # Frame layout
 //!
 //! ```text

@@ -480,6 +480,39 @@ fn body_is_a_slice_of_the_read_buffer() {
     assert_eq!(f.body.as_ptr() as usize, base + 23);
 }
 
+#[test]
+fn works_under_framed_read_and_write() {
+    use futures::{SinkExt, StreamExt, executor::block_on};
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let frames = sample_frames();
+    let mut out = FramedWrite::new(Vec::new(), StompCodec::default());
+    block_on(async {
+        for f in &frames {
+            out.send(f).await.unwrap();
+        }
+        out.send(Item::HeartBeat).await.unwrap();
+    });
+    let wire = out.into_inner();
+
+    let read: Vec<Item> = block_on(
+        FramedRead::new(&wire[..], StompCodec::default())
+            .map(|r| r.unwrap())
+            .collect(),
+    );
+    assert_eq!(read.len(), frames.len() + 1);
+    assert_eq!(read.last(), Some(&Item::HeartBeat));
+
+    // A stream that ends inside a frame surfaces as an error, not a silent end.
+    // (the last two bytes are the final NUL and the heart-beat LF)
+    let cut = &wire[..wire.len() - 2];
+    let results: Vec<_> = block_on(FramedRead::new(cut, StompCodec::default()).collect());
+    assert!(matches!(
+        results.last(),
+        Some(Err(StompError::UnexpectedEof))
+    ));
+}
+
 // ---------------------------------------------------------------- limits
 
 fn small_limits() -> StompLimits {

@@ -203,12 +203,11 @@ impl Head {
             }
 
             let Some(command) = self.command else {
-                self.command =
-                    Some(
-                        Command::from_bytes(line).ok_or_else(|| StompError::UnknownCommand {
-                            command: snippet(line),
-                        })?,
-                    );
+                let command =
+                    Command::from_bytes(line).ok_or_else(|| StompError::UnknownCommand {
+                        command: snippet(line),
+                    })?;
+                self.command = Some(command);
                 continue;
             };
             if line.is_empty() {

@@ -7,6 +7,7 @@
 //! - [`codec`]: the length-prefixed tokio-util codec with a maximum frame size.
 //! - [`ErrorCode`]: the stable numeric error codes every listener reports.
 //! - [`selector`]: JMS message selectors: parser and three-valued evaluator.
+//! - [`stomp`]: the STOMP 1.2 codec (frames, escaping, limits, version and heart-beat negotiation).
 //!
 //! Conversions between wire and model types happen at the edges (broker sessions, client), never in
 //! the middle of the broker's hot path: the broker routes on [`wire::MessageHeaders`] and forwards the
@@ -20,6 +21,7 @@ pub mod model;
 #[doc(hidden)]
 pub mod samples;
 pub mod selector;
+pub mod stomp;
 
 /// Generated protobuf types of the native protocol (package `tandem.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -59,11 +59,14 @@ pub struct BrokerStats {
     pub protocol_errors: AtomicU64,
 }
 
+/// Destinations are keyed by kind and name: a queue and a temporary queue may share a name.
+pub(crate) type DestinationKey = (DestinationKind, Arc<str>);
+
 #[derive(Debug)]
 pub(crate) struct BrokerInner {
     pub config: BrokerConfig,
-    pub queues: RwLock<HashMap<(DestinationKind, Arc<str>), Arc<Queue>>>,
-    pub topics: RwLock<HashMap<(DestinationKind, Arc<str>), Arc<Topic>>>,
+    pub queues: RwLock<HashMap<DestinationKey, Arc<Queue>>>,
+    pub topics: RwLock<HashMap<DestinationKey, Arc<Topic>>>,
     pub next_message_id: AtomicU64,
     pub next_connection_id: AtomicU64,
     pub permits: Arc<Semaphore>,

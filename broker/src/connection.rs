@@ -161,15 +161,15 @@ where
         return None;
     }
     let client_id = (!c.client_id.is_empty()).then(|| c.client_id.clone());
-    if let Some(cid) = &client_id {
-        if !inner.client_ids.lock().insert(cid.clone()) {
-            fatal(
-                out,
-                ErrorCode::ClientIdInUse,
-                format!("client id {cid:?} is already connected"),
-            );
-            return None;
-        }
+    if let Some(cid) = &client_id
+        && !inner.client_ids.lock().insert(cid.clone())
+    {
+        fatal(
+            out,
+            ErrorCode::ClientIdInUse,
+            format!("client id {cid:?} is already connected"),
+        );
+        return None;
     }
     let server_hb = inner.config.heartbeat_ms;
     let agreed = if c.heartbeat_ms == 0 || server_hb == 0 {
@@ -232,11 +232,11 @@ impl Connection {
                     }
                 },
                 _ = ticker.tick(), if tick_every.is_some() => {
-                    if let Some(s) = silence {
-                        if last_rx.elapsed() > s {
-                            self.close(ErrorCode::IdleTimeout, &format!("nothing received for {s:?}"));
-                            return;
-                        }
+                    if let Some(s) = silence
+                        && last_rx.elapsed() > s
+                    {
+                        self.close(ErrorCode::IdleTimeout, &format!("nothing received for {s:?}"));
+                        return;
                     }
                     if !heartbeat.is_zero() {
                         nonce += 1;
@@ -434,16 +434,16 @@ impl Connection {
             self.inner.config.max_message_size,
             now,
         )?;
-        if let Some(d) = &producer.destination {
-            if *d != msg.destination {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidDestination,
-                    format!(
-                        "message names {} but the producer sends to {d}",
-                        msg.destination
-                    ),
-                ));
-            }
+        if let Some(d) = &producer.destination
+            && *d != msg.destination
+        {
+            return Err(Refusal::new(
+                ErrorCode::InvalidDestination,
+                format!(
+                    "message names {} but the producer sends to {d}",
+                    msg.destination
+                ),
+            ));
         }
         let (targets, topic) = if msg.destination.kind().is_queue() {
             (vec![self.inner.queue(&msg.destination)?], None)

@@ -167,8 +167,9 @@ impl SelectorSource for SelectorView<'_> {
                 h::NON_PERSISTENT
             }))),
             h::JMS_PRIORITY => Some(SelectorValue::Long(i64::from(m.priority))),
-            h::JMS_MESSAGE_ID => (!m.headers.message_id.is_empty())
-                .then(|| SelectorValue::Str(Cow::Borrowed(m.headers.message_id.as_str()))),
+            h::JMS_MESSAGE_ID => (!m.headers.message_id.is_empty()).then_some(SelectorValue::Str(
+                Cow::Borrowed(m.headers.message_id.as_str()),
+            )),
             h::JMS_TIMESTAMP => Some(SelectorValue::Long(m.headers.timestamp)),
             h::JMS_CORRELATION_ID => s(&m.headers.correlation_id),
             h::JMS_TYPE => s(&m.headers.r#type),

@@ -349,7 +349,9 @@ impl Consumer {
             return Ok(());
         }
         let shared = self.session.shared.clone();
-        match close_consumer_locked(&shared, &mut shared.lock(), self.session.id, self.id)? {
+        // Bound first: the guard must be gone before the await below.
+        let pending = close_consumer_locked(&shared, &mut shared.lock(), self.session.id, self.id)?;
+        match pending {
             Some((id, rx)) => shared.wait(id, rx).await,
             None => Ok(()),
         }

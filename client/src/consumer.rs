@@ -264,6 +264,25 @@ impl Consumer {
             };
             if !started || slot.buffer.is_empty() {
                 slot.waker = Some(cx.waker().clone());
+                // Dups-ok batches acks while messages stream in; once the application has caught
+                // up and waits for more, the batch so far goes out, so acks never lag for long.
+                if slot.buffer.is_empty()
+                    && !slot.browser
+                    && sess.ack_mode == AckMode::DupsOk
+                    && let Some(pos) = sess.positions.get_mut(&self.id)
+                    && pos.handed > pos.acked
+                {
+                    let sid = self.session.id;
+                    shared.push(ack_frame(
+                        sid,
+                        self.id,
+                        pos.handed,
+                        wire::AckKind::Cumulative,
+                        0,
+                    ));
+                    pos.acked = pos.handed;
+                    pos.pending = 0;
+                }
                 if started
                     && slot.prefetch == 0
                     && slot.pull_outstanding == 0

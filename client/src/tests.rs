@@ -920,7 +920,7 @@ async fn individual_ack_acknowledges_one_message_and_reports_errors() {
 }
 
 #[tokio::test]
-async fn dups_ok_acks_in_batches_and_flushes_on_close() {
+async fn dups_ok_acks_in_batches_when_idle_and_on_close() {
     let (conn, mut srv, _) = connect(|f| f, 0).await;
     let s = session(&conn, &mut srv, AckMode::DupsOk).await;
     let mut c = consumer(&s, &mut srv, "q", 4).await;
@@ -931,7 +931,7 @@ async fn dups_ok_acks_in_batches_and_flushes_on_close() {
     for _ in 0..3 {
         recv_text(&mut c).await;
     }
-    // Batch of prefetch/2 = 2: one cumulative ack after the second message.
+    // Batch of prefetch/2 = 2: one cumulative ack after the second message, none after the third.
     let a = expect!(srv, Ack);
     assert_eq!(
         (a.delivery_id, a.kind, a.request_id),
@@ -939,22 +939,48 @@ async fn dups_ok_acks_in_batches_and_flushes_on_close() {
     );
     tokio::task::yield_now().await;
     assert!(srv.nothing_pending().is_none());
+    // Caught up: looking for more flushes the batch.
+    assert!(c.receive_no_wait().unwrap().is_none());
+    assert_eq!(expect!(srv, Ack).delivery_id, 3);
+    srv.deliver(c.id(), 4, "m").await;
+    recv_text(&mut c).await;
     let cid = c.id();
     let script = async {
         let a = expect!(srv, Ack);
         assert_eq!(
             (a.delivery_id, a.kind),
-            (3, wire::AckKind::Cumulative as i32)
+            (4, wire::AckKind::Cumulative as i32)
         );
         let close = expect!(srv, ConsumerClose);
-        assert_eq!((close.consumer_id, close.last_consumed), (cid, 3));
+        assert_eq!((close.consumer_id, close.last_consumed), (cid, 4));
         srv.ok(close.request_id).await;
     };
-    let id = c.id();
     let (r, ()) = tokio::join!(c.close(), script);
     r.unwrap();
-    assert_eq!(id, c.id());
     assert!(c.next().await.is_none(), "a closed consumer's stream ends");
+}
+
+#[tokio::test]
+async fn dropped_handles_close_on_the_broker() {
+    let (conn, mut srv, _) = connect(|f| f, 0).await;
+    let s = session(&conn, &mut srv, AckMode::Client).await;
+    let q = Destination::queue("q").unwrap();
+    let (p, open) = producer(&s, &mut srv, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv, "q", 10).await;
+    conn.start();
+    srv.deliver(c.id(), 1, "seen").await;
+    srv.deliver(c.id(), 2, "buffered").await;
+    let m = recv_text(&mut c).await.into_message();
+    assert_eq!(m.text_body(), Some("seen"));
+    let cid = c.id();
+    drop(p);
+    assert_eq!(expect!(srv, ProducerClose).producer_id, open.producer_id);
+    drop(c);
+    let close = expect!(srv, ConsumerClose);
+    assert_eq!((close.consumer_id, close.last_consumed), (cid, 1));
+    let sid = s.id();
+    drop(s);
+    assert_eq!(expect!(srv, SessionClose).session_id, sid);
 }
 
 #[tokio::test]

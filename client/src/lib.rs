@@ -1,1 +1,70 @@
-//! tandem-client.
+//! tandem's Rust client: JMS-shaped, idiomatic async.
+//!
+//! [`ConnectionFactory`] → [`Connection`] → [`Session`] → [`Producer`] / [`Consumer`], as in JMS;
+//! a consumer is a [`futures::Stream`] and every failure is an [`Error`] variant. The same API
+//! runs over TCP (`tcp://host:port`) or in process against an embedded broker
+//! ([`ConnectionFactory::in_process`]), where frames move without being encoded.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tandem_client::{AckMode, ConnectionFactory, Destination, Message};
+//!
+//! # async fn run() -> Result<(), tandem_client::Error> {
+//! let mut connection = ConnectionFactory::new("tcp://localhost:61616")?
+//!     .with_client_id("orders-service")
+//!     .connect()
+//!     .await?;
+//! let session = connection.create_session(AckMode::Client).await?;
+//! let orders = Destination::queue("orders")?;
+//!
+//! // A persistent send returns once the broker has made the message durable.
+//! let mut producer = session.create_producer(Some(&orders)).await?;
+//! let id = producer.send(Message::text("order #1")).await?;
+//! println!("sent {id}");
+//!
+//! // Connections start stopped, as in JMS.
+//! let mut consumer = session.create_consumer(&orders, Some("JMSPriority > 2")).await?;
+//! connection.start();
+//! if let Some(msg) = consumer.receive(Duration::from_secs(5)).await? {
+//!     println!("got {:?} (delivery {})", msg.text_body(), msg.delivery_count);
+//!     msg.ack().await?; // client mode: acknowledges everything the session handed out
+//! }
+//! connection.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! Each connection runs one reader task and one writer task. The writer coalesces every frame that
+//! is ready into a single write; the reader answers requests (by request id), receipts (by producer
+//! and sequence) and routes deliveries to per-consumer buffers, bounded by the consumer's prefetch
+//! (the broker's credit). Heartbeats follow the protocol: a `Ping` after one idle interval, a close
+//! with `IdleTimeout` after three silent ones. Acknowledgement per mode is described on [`AckMode`]
+//! and in `docs/PROTOCOL.md`.
+
+mod connection;
+mod consumer;
+mod error;
+mod event;
+mod producer;
+mod session;
+mod shared;
+mod transport;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+pub use connection::{Connection, ConnectionFactory, ConnectionOptions, Connector};
+pub use consumer::{AckHandle, Consumer, ConsumerBuilder, Received};
+pub use error::{Error, Result};
+pub use event::{ConnectionEvent, Events};
+pub use producer::{Producer, Receipt};
+pub use session::{AckMode, Session};
+pub use url::{BrokerUrl, Endpoint};
+
+pub use tandem_protocol::ErrorCode;
+pub use tandem_protocol::model::{
+    Body, DeliveryMode, Destination, DestinationKind, Message, ModelError, PropertyValue, Value,
+};

@@ -1,0 +1,306 @@
+//! [`Session`]: the unit of acknowledgement. Producers and consumers are made from it and keep it
+//! alive; acks, recover and close act on all its consumers at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tandem_protocol::model::Destination;
+use tandem_protocol::{Frame, wire};
+use tokio::sync::oneshot;
+
+use crate::consumer::{Consumer, ConsumerBuilder};
+use crate::error::{Error, Result};
+use crate::producer::Producer;
+use crate::shared::{AfterAnswer, Position, SessionState, Shared, State};
+
+/// How a session acknowledges what its consumers receive (JMS acknowledge modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AckMode {
+    /// Each message is acknowledged as the application receives it.
+    Auto,
+    /// [`crate::Received::ack`] acknowledges everything the session has handed to the application.
+    Client,
+    /// Acknowledged lazily in batches; after a failure some messages may come again.
+    DupsOk,
+    /// [`crate::Received::ack`] acknowledges that one message.
+    Individual,
+    /// Transacted sessions: not implemented yet ([`Error::Unsupported`]).
+    Transacted,
+}
+
+impl AckMode {
+    fn to_wire(self) -> wire::AckMode {
+        match self {
+            AckMode::Auto => wire::AckMode::Auto,
+            AckMode::Client => wire::AckMode::Client,
+            AckMode::DupsOk => wire::AckMode::DupsOk,
+            AckMode::Individual => wire::AckMode::Individual,
+            AckMode::Transacted => wire::AckMode::Transacted,
+        }
+    }
+}
+
+pub(crate) struct SessionCore {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    pub(crate) ack_mode: AckMode,
+    closed: AtomicBool,
+}
+
+impl Drop for SessionCore {
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let mut st = self.shared.lock();
+            // The answer is not awaited: nobody is left to hear it.
+            let _ = close_session_locked(&self.shared, &mut st, self.id);
+        }
+    }
+}
+
+/// Flushes dups-ok acks, forgets the session's consumers and queues `SessionClose`. `None` when the
+/// session is not open (or the connection is gone).
+pub(crate) fn close_session_locked(
+    shared: &Shared,
+    st: &mut State,
+    session_id: u64,
+) -> Option<(u64, oneshot::Receiver<Result<()>>)> {
+    let sess = st.sessions.remove(&session_id)?;
+    if st.closed.is_some() {
+        return None;
+    }
+    if sess.ack_mode == AckMode::DupsOk {
+        for (cid, pos) in &sess.positions {
+            if pos.handed > pos.acked {
+                shared.push(ack_frame(
+                    session_id,
+                    *cid,
+                    pos.handed,
+                    wire::AckKind::Cumulative,
+                    0,
+                ));
+            }
+        }
+    }
+    let ids: Vec<u64> = st
+        .consumers
+        .iter()
+        .filter(|(_, c)| c.session_id == session_id)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        if let Some(mut c) = st.consumers.remove(&id)
+            && let Some(w) = c.waker.take()
+        {
+            w.wake();
+        }
+    }
+    shared
+        .request_locked(
+            st,
+            |request_id| {
+                Frame::SessionClose(wire::SessionClose {
+                    request_id,
+                    session_id,
+                })
+            },
+            AfterAnswer::None,
+        )
+        .ok()
+}
+
+pub(crate) fn ack_frame(
+    session_id: u64,
+    consumer_id: u64,
+    delivery_id: u64,
+    kind: wire::AckKind,
+    request_id: u64,
+) -> Frame {
+    Frame::Ack(wire::Ack {
+        session_id,
+        consumer_id,
+        delivery_id,
+        kind: kind as i32,
+        request_id,
+    })
+}
+
+/// A JMS session: makes producers and consumers and owns their acknowledgements.
+///
+/// Cheap to clone (all clones are the same session). It closes when [`Session::close`] is called or
+/// when the last clone, producer and consumer made from it are dropped.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) core: Arc<SessionCore>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.core.id)
+            .field("ack_mode", &self.core.ack_mode)
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) async fn open(shared: Arc<Shared>, ack_mode: AckMode) -> Result<Session> {
+        if ack_mode == AckMode::Transacted {
+            return Err(Error::Unsupported(
+                "transacted sessions arrive with the JMS issue",
+            ));
+        }
+        let session_id = shared.next_id();
+        let (id, rx) = {
+            let mut st = shared.lock();
+            let r = shared.request_locked(
+                &mut st,
+                |request_id| {
+                    Frame::SessionOpen(wire::SessionOpen {
+                        request_id,
+                        session_id,
+                        ack_mode: ack_mode.to_wire() as i32,
+                    })
+                },
+                AfterAnswer::None,
+            )?;
+            st.sessions.insert(
+                session_id,
+                SessionState {
+                    ack_mode,
+                    recovering: 0,
+                    positions: BTreeMap::new(),
+                },
+            );
+            r
+        };
+        let core = Arc::new(SessionCore {
+            shared: shared.clone(),
+            id: session_id,
+            ack_mode,
+            closed: AtomicBool::new(false),
+        });
+        if let Err(e) = shared.wait(id, rx).await {
+            // Nothing to close on the broker's side.
+            core.closed.store(true, Ordering::Release);
+            shared.lock().sessions.remove(&session_id);
+            return Err(e);
+        }
+        Ok(Session { core })
+    }
+
+    /// The session's connection-local id.
+    pub fn id(&self) -> u64 {
+        self.core.id
+    }
+
+    /// The acknowledge mode.
+    pub fn ack_mode(&self) -> AckMode {
+        self.core.ack_mode
+    }
+
+    /// A producer for `destination`, or an anonymous one (`None`) that sends each message to its
+    /// own [`Message::destination`](tandem_protocol::model::Message::destination).
+    pub async fn create_producer(&self, destination: Option<&Destination>) -> Result<Producer> {
+        Producer::open(self.core.clone(), destination.cloned()).await
+    }
+
+    /// A consumer with the connection's default prefetch; see [`Session::consumer`] for the other
+    /// options.
+    pub async fn create_consumer(
+        &self,
+        destination: &Destination,
+        selector: Option<&str>,
+    ) -> Result<Consumer> {
+        let mut b = self.consumer(destination);
+        if let Some(s) = selector {
+            b = b.selector(s);
+        }
+        b.build().await
+    }
+
+    /// A builder for a consumer with options (prefetch, durable or shared subscription, no-local,
+    /// browser).
+    pub fn consumer(&self, destination: &Destination) -> ConsumerBuilder {
+        ConsumerBuilder::new(self.core.clone(), destination.clone())
+    }
+
+    /// JMS `Session.recover()`: stops handing out what is buffered, drops the local buffers and
+    /// asks the broker to take back everything unacknowledged in the session. Messages the
+    /// application had seen come again marked redelivered; merely prefetched ones come back
+    /// unchanged. Deliveries still on their way when the broker took the `Nack` are dropped on
+    /// arrival (the broker has taken them back too).
+    pub async fn recover(&self) -> Result<()> {
+        let shared = &self.core.shared;
+        let session_id = self.core.id;
+        let (id, rx) = {
+            let mut st = shared.lock();
+            st.check_open()?;
+            let State {
+                consumers,
+                sessions,
+                ..
+            } = &mut *st;
+            let sess = sessions
+                .get_mut(&session_id)
+                .ok_or(Error::Closed("session"))?;
+            for slot in consumers
+                .values_mut()
+                .filter(|c| c.session_id == session_id)
+            {
+                slot.buffer.clear();
+            }
+            let consumed: Vec<wire::ConsumerPosition> = sess
+                .positions
+                .iter()
+                .filter(|(_, p)| p.handed > 0)
+                .map(|(cid, p)| wire::ConsumerPosition {
+                    consumer_id: *cid,
+                    delivery_id: p.handed,
+                })
+                .collect();
+            // Everything unacknowledged goes back: nothing is left to acknowledge.
+            for p in sess.positions.values_mut() {
+                *p = Position {
+                    handed: p.handed,
+                    acked: p.handed,
+                    pending: 0,
+                };
+            }
+            let open: Vec<u64> = consumers.keys().copied().collect();
+            sess.positions.retain(|cid, _| open.contains(cid));
+            sess.recovering += 1;
+            shared.request_locked(
+                &mut st,
+                |request_id| {
+                    Frame::Nack(wire::Nack {
+                        session_id,
+                        request_id,
+                        consumed,
+                        delivery_id: 0,
+                    })
+                },
+                AfterAnswer::EndRecover(session_id),
+            )?
+        };
+        shared.wait(id, rx).await
+    }
+
+    /// Closes the session: its consumers stop, dups-ok acks are flushed, and the broker takes back
+    /// everything unacknowledged (redelivered later, flagged). Producers and consumers of the
+    /// session fail with [`Error::Closed`] afterwards. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        if self.core.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let shared = &self.core.shared;
+        let pending = {
+            let mut st = shared.lock();
+            close_session_locked(shared, &mut st, self.core.id)
+        };
+        match pending {
+            Some((id, rx)) => shared.wait(id, rx).await,
+            None => Ok(()),
+        }
+    }
+}

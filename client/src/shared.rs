@@ -1,0 +1,575 @@
+//! The state one connection shares between the application's handles and its two tasks.
+//!
+//! - The **writer task** owns the transport's sending half. Everything goes to it through one
+//!   unbounded channel (so the reader, `Drop` impls and `poll` functions can queue acks, flow and pongs
+//!   without awaiting); the application's data is bounded instead by a byte semaphore that `Send`
+//!   frames hold until they are written. It sends `Ping` after one heartbeat interval with nothing to
+//!   write.
+//! - The **reader task** owns the receiving half and routes each frame: answers to requests (by
+//!   request id), receipts (by producer id and sequence), deliveries (by consumer id, into the
+//!   consumer's buffer). It closes the connection with `IdleTimeout` after three silent intervals.
+//!
+//! One `std::sync::Mutex` guards [`State`]; it is never held across an `.await`. Frames that must keep
+//! their order relative to state changes (acks, the recover `Nack`) are queued while it is held:
+//! queueing is a non-blocking push.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use tandem_protocol::{ErrorCode, Frame, wire};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::event::ConnectionEvent;
+use crate::session::AckMode;
+use crate::transport::{FrameRx, FrameTx};
+
+/// Most bytes the writer puts into one write.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// What the writer task receives.
+pub(crate) enum Outgoing {
+    Frame(Frame),
+    /// A `Send` holding its share of the send budget until it is written.
+    Send(Frame, OwnedSemaphorePermit),
+    /// The last frame (`Close`): write it with everything before it, shut the transport down, report.
+    Close(Frame, oneshot::Sender<()>),
+    /// Stop without writing anything more (the connection is already gone).
+    Stop,
+}
+
+/// Something to do when a request's answer arrives, inside the reader, before the caller hears.
+#[derive(Clone, Copy)]
+pub(crate) enum AfterAnswer {
+    None,
+    /// The recover `Nack` of this session is answered: deliveries count again.
+    EndRecover(u64),
+}
+
+struct Pending {
+    tx: oneshot::Sender<Result<()>>,
+    after: AfterAnswer,
+}
+
+/// A consumer's slot: where the reader puts its deliveries.
+pub(crate) struct ConsumerSlot {
+    pub(crate) session_id: u64,
+    pub(crate) prefetch: u32,
+    pub(crate) browser: bool,
+    pub(crate) buffer: VecDeque<wire::Deliver>,
+    pub(crate) waker: Option<Waker>,
+    /// Flow credit asked and not yet used by a delivery (pull consumers: 0 or 1).
+    pub(crate) pull_outstanding: u32,
+}
+
+impl ConsumerSlot {
+    /// A broker respecting credit never exceeds prefetch plus the credit asked; the slack only
+    /// absorbs acks still in flight. Beyond it the broker is broken and the connection fails.
+    fn capacity(&self) -> usize {
+        self.prefetch as usize + self.pull_outstanding as usize + 64
+    }
+}
+
+/// Where the application stands with one consumer of a session.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Position {
+    /// The last delivery handed to the application (0: none).
+    pub(crate) handed: u64,
+    /// The last delivery covered by a cumulative ack (client and dups-ok modes).
+    pub(crate) acked: u64,
+    /// Dups-ok: deliveries handed since the last cumulative ack.
+    pub(crate) pending: u32,
+}
+
+pub(crate) struct SessionState {
+    pub(crate) ack_mode: AckMode,
+    /// While a recover `Nack` is unanswered, deliveries for the session's consumers are stale (the
+    /// broker takes them back) and are dropped.
+    pub(crate) recovering: u32,
+    /// Per consumer (kept after the consumer closes while it has unacknowledged deliveries: a later
+    /// session ack or recover still covers them).
+    pub(crate) positions: BTreeMap<u64, Position>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) closed: Option<Error>,
+    pub(crate) started: bool,
+    requests: HashMap<u64, Pending>,
+    pub(crate) receipts: HashMap<(u64, u64), oneshot::Sender<Result<()>>>,
+    pub(crate) consumers: HashMap<u64, ConsumerSlot>,
+    pub(crate) sessions: HashMap<u64, SessionState>,
+}
+
+impl State {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        match &self.closed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Settings fixed at connect time.
+pub(crate) struct Settings {
+    pub(crate) max_frame_size: usize,
+    pub(crate) default_prefetch: u32,
+    pub(crate) request_timeout: Duration,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) send_budget: Arc<Semaphore>,
+    pub(crate) send_budget_bytes: usize,
+    next_id: AtomicU64,
+    events: broadcast::Sender<ConnectionEvent>,
+    pub(crate) settings: Settings,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Settings) -> (Arc<Shared>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (out, rx) = mpsc::unbounded_channel();
+        // Room for at least one frame of the largest size, and for plenty of small ones.
+        let budget = settings.max_frame_size.max(8 * 1024 * 1024);
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            out,
+            send_budget: Arc::new(Semaphore::new(budget)),
+            send_budget_bytes: budget,
+            next_id: AtomicU64::new(1),
+            events: broadcast::channel(256).0,
+            settings,
+        };
+        (Arc::new(shared), rx)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh id, unique within the connection (requests, sessions, producers, consumers).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a frame for the writer. Callers hold the lock when the frame's order relative to a
+    /// state change matters.
+    pub(crate) fn push(&self, frame: Frame) {
+        let _ = self.out.send(Outgoing::Frame(frame));
+    }
+
+    pub(crate) fn push_outgoing(&self, o: Outgoing) {
+        let _ = self.out.send(o);
+    }
+
+    pub(crate) fn check_size(&self, frame: &Frame) -> Result<()> {
+        let len = frame.body_len() + 1;
+        let max = self.settings.max_frame_size;
+        if len > max {
+            Err(Error::MessageTooLarge { size: len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers a request and queues its frame, with the lock held by the caller (so it can change
+    /// state in the same step). Returns the receiver of the answer.
+    pub(crate) fn request_locked(
+        &self,
+        st: &mut State,
+        build: impl FnOnce(u64) -> Frame,
+        after: AfterAnswer,
+    ) -> Result<(u64, oneshot::Receiver<Result<()>>)> {
+        st.check_open()?;
+        let id = self.next_id();
+        let frame = build(id);
+        self.check_size(&frame)?;
+        let (tx, rx) = oneshot::channel();
+        st.requests.insert(id, Pending { tx, after });
+        self.push(frame);
+        Ok((id, rx))
+    }
+
+    /// Waits for a registered request's answer.
+    pub(crate) async fn wait(&self, id: u64, rx: oneshot::Receiver<Result<()>>) -> Result<()> {
+        match tokio::time::timeout(self.settings.request_timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self
+                .lock()
+                .closed
+                .clone()
+                .unwrap_or(Error::ConnectionClosed)),
+            Err(_) => {
+                let mut st = self.lock();
+                if let Some(p) = st.requests.remove(&id) {
+                    end_recover(&mut st, p.after);
+                }
+                Err(Error::Timeout(
+                    "no answer from the broker within the request timeout",
+                ))
+            }
+        }
+    }
+
+    /// Registers a request whose answer nobody waits for (closes issued from `Drop`).
+    pub(crate) fn fire_and_forget(&self, st: &mut State, build: impl FnOnce(u64) -> Frame) {
+        let _ = self.request_locked(st, build, AfterAnswer::None);
+    }
+
+    pub(crate) fn subscribe(&self) -> (broadcast::Receiver<ConnectionEvent>, Option<Error>) {
+        // Under the lock: the closing event is sent under it too, so a subscriber either sees the
+        // connection open and will get the event, or gets the reason here.
+        let st = self.lock();
+        (self.events.subscribe(), st.closed.clone())
+    }
+
+    pub(crate) fn emit(&self, ev: ConnectionEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Ends the connection with `err`: every pending request and receipt fails with it, consumers
+    /// wake up to see it, listeners hear it, the writer stops. Idempotent: the first reason wins.
+    pub(crate) fn fail(&self, err: Error) {
+        let (requests, receipts, wakers) = {
+            let mut st = self.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(err.clone());
+            let wakers: Vec<Waker> = st
+                .consumers
+                .values_mut()
+                .filter_map(|c| c.waker.take())
+                .collect();
+            self.emit(ConnectionEvent::Closed(err.clone()));
+            (
+                std::mem::take(&mut st.requests),
+                std::mem::take(&mut st.receipts),
+                wakers,
+            )
+        };
+        tracing::debug!(error = %err, "connection ended");
+        self.push_outgoing(Outgoing::Stop);
+        for (_, p) in requests {
+            let _ = p.tx.send(Err(err.clone()));
+        }
+        for (_, tx) in receipts {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Marks the connection closed by the application and hands the writer its last frame.
+    pub(crate) fn close_by_application(&self, done: oneshot::Sender<()>) -> bool {
+        let (requests, receipts, wakers) = {
+            let mut st = self.lock();
+            if st.closed.is_some() {
+                return false;
+            }
+            st.closed = Some(Error::ConnectionClosed);
+            let wakers: Vec<Waker> = st
+                .consumers
+                .values_mut()
+                .filter_map(|c| c.waker.take())
+                .collect();
+            self.emit(ConnectionEvent::Closed(Error::ConnectionClosed));
+            let close = Frame::Close(wire::Close {
+                code: 0,
+                message: String::new(),
+            });
+            self.push_outgoing(Outgoing::Close(close, done));
+            (
+                std::mem::take(&mut st.requests),
+                std::mem::take(&mut st.receipts),
+                wakers,
+            )
+        };
+        for (_, p) in requests {
+            let _ = p.tx.send(Err(Error::ConnectionClosed));
+        }
+        for (_, tx) in receipts {
+            let _ = tx.send(Err(Error::ConnectionClosed));
+        }
+        for w in wakers {
+            w.wake();
+        }
+        true
+    }
+
+    /// Wakes every consumer (start, session close).
+    pub(crate) fn wake_all(&self, st: &mut State) -> Vec<Waker> {
+        st.consumers
+            .values_mut()
+            .filter_map(|c| c.waker.take())
+            .collect()
+    }
+
+    fn answer(&self, request_id: u64, result: Result<()>) {
+        let pending = {
+            let mut st = self.lock();
+            let p = st.requests.remove(&request_id);
+            if let Some(p) = &p {
+                end_recover(&mut st, p.after);
+            }
+            p
+        };
+        match pending {
+            Some(p) => {
+                let _ = p.tx.send(result);
+            }
+            // A request that timed out on our side, or a broker answering twice.
+            None => tracing::debug!(request_id, "answer to no pending request"),
+        }
+    }
+
+    fn deliver(&self, d: wire::Deliver) -> Result<()> {
+        let waker = {
+            let mut st = self.lock();
+            let State {
+                consumers,
+                sessions,
+                ..
+            } = &mut *st;
+            let Some(slot) = consumers.get_mut(&d.consumer_id) else {
+                // A consumer closed while this was in flight: the broker takes it back
+                // (ConsumerClose's last_consumed, or the session's close).
+                tracing::trace!(
+                    consumer = d.consumer_id,
+                    "delivery for a closed consumer dropped"
+                );
+                return Ok(());
+            };
+            slot.pull_outstanding = slot.pull_outstanding.saturating_sub(1);
+            if sessions
+                .get(&slot.session_id)
+                .is_none_or(|s| s.recovering > 0)
+            {
+                // Sent before the broker saw our recover Nack: it is taken back by that Nack.
+                return Ok(());
+            }
+            if slot.buffer.len() >= slot.capacity() {
+                return Err(Error::Protocol(format!(
+                    "consumer {} received more deliveries than its credit allows",
+                    d.consumer_id
+                )));
+            }
+            slot.buffer.push_back(d);
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Routes one frame from the broker. `false` ends the reader.
+    fn dispatch(&self, frame: Frame) -> bool {
+        match frame {
+            Frame::Ok(ok) => self.answer(ok.request_id, Ok(())),
+            Frame::Error(e) if e.request_id == 0 => {
+                let err = Error::broker(e.code, e.message);
+                tracing::warn!(error = %err, "connection error from the broker");
+                self.emit(ConnectionEvent::BrokerError(err));
+            }
+            Frame::Error(e) => self.answer(e.request_id, Err(Error::broker(e.code, e.message))),
+            Frame::SendReceipt(r) => {
+                let tx = self.lock().receipts.remove(&(r.producer_id, r.sequence));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(Ok(()));
+                    }
+                    None => tracing::debug!(
+                        producer = r.producer_id,
+                        seq = r.sequence,
+                        "receipt for no pending send"
+                    ),
+                }
+            }
+            Frame::SendFailure(f) => {
+                let err = Error::broker(f.code, f.message);
+                let tx = self.lock().receipts.remove(&(f.producer_id, f.sequence));
+                match tx {
+                    Some(tx) => {
+                        let _ = tx.send(Err(err));
+                    }
+                    // A pipelined (receipt-less) send failed: only the listener can learn of it.
+                    None => self.emit(ConnectionEvent::SendFailed {
+                        producer_id: f.producer_id,
+                        sequence: f.sequence,
+                        error: err,
+                    }),
+                }
+            }
+            Frame::Deliver(d) => {
+                if let Err(e) = self.deliver(d) {
+                    self.close_with(ErrorCode::IllegalState, e);
+                    return false;
+                }
+            }
+            Frame::Ping(p) => self.push(Frame::Pong(wire::Pong { nonce: p.nonce })),
+            Frame::Pong(_) => {}
+            Frame::Close(c) => {
+                let code = (c.code != 0)
+                    .then(|| ErrorCode::from_code(c.code))
+                    .flatten();
+                let reason = if c.message.is_empty() {
+                    format!("the broker closed the connection (code {})", c.code)
+                } else {
+                    c.message
+                };
+                self.fail(Error::ConnectionLost { code, reason });
+                return false;
+            }
+            other => {
+                let e = Error::Protocol(format!(
+                    "unexpected {:?} frame from the broker",
+                    other.frame_type()
+                ));
+                self.close_with(ErrorCode::IllegalState, e);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends `Close{code}` (written before the writer stops) and fails the connection with `err`.
+    fn close_with(&self, code: ErrorCode, err: Error) {
+        if self.lock().closed.is_none() {
+            self.push(Frame::Close(wire::Close {
+                code: code.code(),
+                message: err.to_string(),
+            }));
+        }
+        self.fail(err);
+    }
+}
+
+fn end_recover(st: &mut State, after: AfterAnswer) {
+    if let AfterAnswer::EndRecover(sid) = after
+        && let Some(s) = st.sessions.get_mut(&sid)
+    {
+        s.recovering = s.recovering.saturating_sub(1);
+    }
+}
+
+/// The reader task: routes frames until the connection ends.
+pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Option<Duration>) {
+    loop {
+        let next = match heartbeat {
+            Some(hb) => match tokio::time::timeout(hb * 3, rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    let e = Error::ConnectionLost {
+                        code: Some(ErrorCode::IdleTimeout),
+                        reason: format!(
+                            "nothing received for 3 heartbeat intervals ({:?})",
+                            hb * 3
+                        ),
+                    };
+                    shared.close_with(ErrorCode::IdleTimeout, e);
+                    return;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match next {
+            None => {
+                shared.fail(Error::ConnectionLost {
+                    code: None,
+                    reason: "the broker ended the connection".into(),
+                });
+                return;
+            }
+            Some(Err(e)) => {
+                let code = match e {
+                    Error::Protocol(_) => ErrorCode::MalformedFrame,
+                    _ => ErrorCode::Internal,
+                };
+                shared.close_with(code, e);
+                return;
+            }
+            Some(Ok(frame)) => {
+                if !shared.dispatch(frame) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The writer task: coalesces every ready frame into one write; pings when idle.
+pub(crate) async fn writer(
+    shared: Arc<Shared>,
+    mut tx: FrameTx,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    heartbeat: Option<Duration>,
+) {
+    let mut batch: Vec<Frame> = Vec::new();
+    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut nonce = 0u64;
+    loop {
+        let first = match heartbeat {
+            Some(hb) => match tokio::time::timeout(hb, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    nonce += 1;
+                    Some(Outgoing::Frame(Frame::Ping(wire::Ping { nonce })))
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else { return };
+        let mut done = None;
+        let mut stop = false;
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Outgoing::Frame(f) => {
+                    bytes += f.wire_len();
+                    batch.push(f);
+                }
+                Outgoing::Send(f, p) => {
+                    bytes += f.wire_len();
+                    batch.push(f);
+                    permits.push(p);
+                }
+                Outgoing::Close(f, d) => {
+                    batch.push(f);
+                    done = Some(d);
+                    break;
+                }
+                Outgoing::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+            if bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let r = tx.write_batch(&mut batch).await;
+        permits.clear();
+        if let Err(e) = r {
+            shared.fail(e);
+            return;
+        }
+        if let Some(d) = done {
+            tx.shutdown().await;
+            let _ = d.send(());
+            return;
+        }
+        if stop {
+            tx.shutdown().await;
+            return;
+        }
+    }
+}

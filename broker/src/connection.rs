@@ -256,7 +256,7 @@ impl Connection {
 
     fn reply(&self, request_id: u64, result: Result<(), Refusal>) {
         let frame = match result {
-            Ok(()) => Frame::Ok(wire::Ok { request_id }),
+            Ok(()) => Frame::Ok(wire::Ok { request_id, last_delivery_id: 0 }),
             Err(r) => Frame::error(request_id, r.code, r.message),
         };
         let _ = self.out.send(frame);
@@ -269,10 +269,16 @@ impl Connection {
                 let r = self.on_ack(&a);
                 self.answer_optional(a.request_id, r);
             }
-            Frame::Nack(n) => {
-                let r = self.on_nack(&n);
-                self.answer_optional(n.request_id, r);
-            }
+            Frame::Nack(n) => match self.on_nack(&n) {
+                Ok(mark) if n.request_id != 0 => {
+                    let _ = self.out.send(Frame::Ok(wire::Ok {
+                        request_id: n.request_id,
+                        last_delivery_id: mark,
+                    }));
+                }
+                Ok(_) => {}
+                Err(r) => self.reply(n.request_id, Err(r)),
+            },
             Frame::Flow(f) => {
                 if let Some(c) = self.consumers.get(&f.consumer_id) {
                     c.attachment
@@ -534,6 +540,7 @@ impl Connection {
         let is_queue = dest.kind().is_queue();
         let shared = ConsumerShared::new(
             c.consumer_id,
+            self.inner.next_consumer_key.fetch_add(1, Ordering::Relaxed),
             self.id,
             session.clone(),
             c.prefetch,
@@ -573,7 +580,7 @@ impl Connection {
         c.shared.close();
         let now = now_ms();
         let queue = c.attachment.queue().clone();
-        queue.remove_consumer(consumer_id, now);
+        queue.remove_consumer(c.shared.key, now);
         if let Some(last) = last_consumed {
             let unseen: Vec<Unacked> = {
                 let mut u = c.shared.session.unacked.lock();
@@ -605,10 +612,8 @@ impl Connection {
         for id in ids {
             let _ = self.on_consumer_close(id, None);
         }
-        let all: Vec<Unacked> = std::mem::take(&mut *session.unacked.lock())
-            .into_values()
-            .collect();
-        requeue(all.into_iter().map(|u| (u, true)), now_ms());
+        let (all, _) = session.take_all();
+        requeue(all.into_values().map(|u| (u, true)), now_ms());
         Ok(())
     }
 
@@ -656,7 +661,8 @@ impl Connection {
         Ok(())
     }
 
-    fn on_nack(&mut self, n: &wire::Nack) -> Result<(), Refusal> {
+    /// Returns the session's delivery-id mark for the answer (see `wire::Ok::last_delivery_id`).
+    fn on_nack(&mut self, n: &wire::Nack) -> Result<u64, Refusal> {
         let Some(session) = self.sessions.get(&n.session_id) else {
             return Err(unknown_session(n.session_id));
         };
@@ -669,16 +675,14 @@ impl Connection {
                 ));
             };
             requeue([(u, true)], now);
-            return Ok(());
+            return Ok(0);
         }
         let seen_up_to: HashMap<u64, u64> = n
             .consumed
             .iter()
             .map(|p| (p.consumer_id, p.delivery_id))
             .collect();
-        let all: Vec<(u64, Unacked)> = std::mem::take(&mut *session.unacked.lock())
-            .into_iter()
-            .collect();
+        let (all, mark) = session.take_all();
         requeue(
             all.into_iter().map(|(id, u)| {
                 let seen = seen_up_to
@@ -688,7 +692,7 @@ impl Connection {
             }),
             now,
         );
-        Ok(())
+        Ok(mark)
     }
 
     fn cleanup(&mut self) {

@@ -189,10 +189,10 @@ impl Queue {
         self.dispatch(&mut st, now_ms);
     }
 
-    /// Detaches a consumer. Its deliveries stay with its session.
-    pub fn remove_consumer(self: &Arc<Queue>, consumer_id: u64, now_ms: i64) {
+    /// Detaches a consumer (by its broker-wide key). Its deliveries stay with its session.
+    pub fn remove_consumer(self: &Arc<Queue>, consumer_key: u64, now_ms: i64) {
         let mut st = self.state.lock();
-        st.consumers.retain(|s| s.consumer.id != consumer_id);
+        st.consumers.retain(|s| s.consumer.key != consumer_key);
         if st.rr >= st.consumers.len() {
             st.rr = 0;
         }
@@ -200,23 +200,23 @@ impl Queue {
     }
 
     /// Grants one-off credit beyond the consumer's window.
-    pub fn add_credit(self: &Arc<Queue>, consumer_id: u64, credit: u32, now_ms: i64) {
+    pub fn add_credit(self: &Arc<Queue>, consumer_key: u64, credit: u32, now_ms: i64) {
         let mut st = self.state.lock();
         if let Some(s) = st
             .consumers
             .iter_mut()
-            .find(|s| s.consumer.id == consumer_id)
+            .find(|s| s.consumer.key == consumer_key)
         {
             s.credit = s.credit.saturating_add(credit);
         }
         self.dispatch(&mut st, now_ms);
     }
 
-    /// Acknowledges delivered messages: they leave the queue for good.
+    /// Acknowledges delivered messages, given with their consumer's key: they leave the queue.
     pub fn ack(self: &Arc<Queue>, acked: impl IntoIterator<Item = (u64, Entry)>, now_ms: i64) {
         let mut st = self.state.lock();
         let mut n = 0u64;
-        for (consumer_id, entry) in acked {
+        for (consumer_key, entry) in acked {
             n += 1;
             // Saturating: a purged subscription's deliveries may still be acknowledged.
             st.inflight = st.inflight.saturating_sub(1);
@@ -224,7 +224,7 @@ impl Queue {
             if let Some(s) = st
                 .consumers
                 .iter_mut()
-                .find(|s| s.consumer.id == consumer_id)
+                .find(|s| s.consumer.key == consumer_key)
             {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }
@@ -246,7 +246,7 @@ impl Queue {
             return;
         }
         let mut st = self.state.lock();
-        for (consumer_id, seq, mut entry, seen) in returned {
+        for (consumer_key, seq, mut entry, seen) in returned {
             if seen {
                 entry.delivery_count += 1;
                 entry.redelivered = true;
@@ -256,7 +256,7 @@ impl Queue {
             if let Some(s) = st
                 .consumers
                 .iter_mut()
-                .find(|s| s.consumer.id == consumer_id)
+                .find(|s| s.consumer.key == consumer_key)
             {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }

@@ -23,8 +23,10 @@ pub type Outbound = mpsc::UnboundedSender<Frame>;
 /// A delivery the session has not acknowledged yet.
 #[derive(Debug)]
 pub struct Unacked {
-    /// The consumer it went to.
+    /// The consumer it went to (the client's id, unique within the connection).
     pub consumer_id: u64,
+    /// The same consumer's broker-wide key (what its queue knows it by).
+    pub consumer_key: u64,
     /// The queue it came from.
     pub queue: Arc<Queue>,
     /// Its position in that queue.
@@ -52,16 +54,28 @@ impl SessionShared {
         })
     }
 
-    pub(crate) fn next_delivery_id(&self) -> u64 {
+    fn next_delivery_id(&self) -> u64 {
         self.next_delivery.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes every unacknowledged delivery, with the highest delivery id allocated so far: every
+    /// delivery with an id up to the mark is in the returned map (or was acknowledged before), and
+    /// every later one is new.
+    pub(crate) fn take_all(&self) -> (BTreeMap<u64, Unacked>, u64) {
+        let mut unacked = self.unacked.lock();
+        let mark = self.next_delivery.load(Ordering::Relaxed);
+        (std::mem::take(&mut *unacked), mark)
     }
 }
 
 /// A consumer as its queue sees it.
 #[derive(Debug)]
 pub struct ConsumerShared {
-    /// The client's id for it.
+    /// The client's id for it (unique within its connection only).
     pub id: u64,
+    /// Broker-wide unique key: queues tell consumers apart by it, since two connections may use
+    /// the same consumer id.
+    pub key: u64,
     /// The connection it belongs to.
     pub connection_id: u64,
     /// Its session.
@@ -76,8 +90,10 @@ pub struct ConsumerShared {
 }
 
 impl ConsumerShared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
+        key: u64,
         connection_id: u64,
         session: Arc<SessionShared>,
         prefetch: u32,
@@ -86,6 +102,7 @@ impl ConsumerShared {
     ) -> Arc<ConsumerShared> {
         Arc::new(ConsumerShared {
             id,
+            key,
             connection_id,
             session,
             prefetch,
@@ -104,28 +121,40 @@ impl ConsumerShared {
     }
 
     /// Records the delivery in the session and sends it. Called with the queue's lock held.
+    ///
+    /// The delivery id is allocated under the session's lock, so that [`SessionShared::take_all`]
+    /// (recover) sees a delivery in the map if and only if its id is at most the mark it returns.
     pub(crate) fn deliver(&self, queue: &Arc<Queue>, seq: u64, entry: Entry) -> Result<(), Entry> {
-        let delivery_id = self.session.next_delivery_id();
-        let frame = Frame::Deliver(wire::Deliver {
-            consumer_id: self.id,
-            delivery_id,
-            redelivered: entry.redelivered,
-            delivery_count: entry.delivery_count + 1,
-            message: entry.msg.encoded.clone(),
-        });
-        self.session.unacked.lock().insert(
-            delivery_id,
-            Unacked {
+        let redelivered = entry.redelivered;
+        let delivery_count = entry.delivery_count + 1;
+        let message = entry.msg.encoded.clone();
+        let delivery_id = {
+            let mut unacked = self.session.unacked.lock();
+            let id = self.session.next_delivery_id();
+            let u = Unacked {
                 consumer_id: self.id,
+                consumer_key: self.key,
                 queue: queue.clone(),
                 seq,
                 entry,
-            },
-        );
+            };
+            unacked.insert(id, u);
+            id
+        };
+        let frame = Frame::Deliver(wire::Deliver {
+            consumer_id: self.id,
+            delivery_id,
+            redelivered,
+            delivery_count,
+            message,
+        });
         if self.out.send(frame).is_err() {
-            // The connection is gone; its cleanup will not see this delivery, so take it back.
-            let u = self.session.unacked.lock().remove(&delivery_id);
-            return Err(u.map(|u| u.entry).expect("inserted above"));
+            // The connection is gone. Its cleanup may already have run, so take the delivery back
+            // here; if cleanup got it first, it has put it back in the queue itself.
+            return match self.session.unacked.lock().remove(&delivery_id) {
+                Some(u) => Err(u.entry),
+                None => Ok(()),
+            };
         }
         Ok(())
     }

@@ -1210,3 +1210,83 @@ fn futures_are_send(
     is_send(conn.events());
     is_send(conn.close());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_and_a_streaming_consumer_on_a_multi_thread_runtime() {
+    const N: u64 = 300;
+    const PREFETCH: u64 = 50;
+    let (conn, mut srv, _) = connect(|f| f, 0).await;
+    let s = session(&conn, &mut srv, AckMode::Auto).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, _) = producer(&s, &mut srv, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv, "q", PREFETCH as u32).await;
+    let cid = c.id();
+    let mut events = conn.events();
+    conn.start();
+    let server = tokio::spawn(async move {
+        let mut sends = Vec::new();
+        while sends.len() < N as usize {
+            let sent = expect!(srv, Send);
+            assert!(sent.receipt);
+            sends.push((sent.producer_id, sent.sequence));
+        }
+        assert!(
+            sends.windows(2).all(|w| w[0].1 < w[1].1),
+            "sequences out of order"
+        );
+        // Receipts in reverse order: each send must still get its own.
+        for (producer_id, sequence) in sends.iter().rev().copied() {
+            srv.send(wire::SendReceipt {
+                producer_id,
+                sequence,
+            })
+            .await;
+        }
+        // Deliver within the credit window, as a broker would; auto acks come back one by one.
+        let (mut next, mut acked) = (1u64, 0u64);
+        while acked < N {
+            while next <= N && next - 1 - acked < PREFETCH {
+                srv.deliver(cid, next, &format!("m{next}")).await;
+                next += 1;
+            }
+            let ack = expect!(srv, Ack);
+            assert_eq!(
+                (ack.delivery_id, ack.kind),
+                (acked + 1, wire::AckKind::Individual as i32)
+            );
+            acked += 1;
+        }
+        srv
+    });
+    let consumer = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < N as usize {
+            let m = c
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("receive failed");
+            assert_eq!(
+                m.text_body(),
+                Some(format!("m{}", m.delivery_id()).as_str())
+            );
+            ids.push(m.delivery_id());
+        }
+        ids
+    });
+    let mut receipts = Vec::new();
+    for i in 0..N {
+        receipts.push(p.send_async(Message::text(format!("s{i}"))).await.unwrap());
+    }
+    for r in futures::future::join_all(receipts).await {
+        r.unwrap();
+    }
+    let ids = tokio::time::timeout(GUARD, consumer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids, (1..=N).collect::<Vec<_>>());
+    let _srv = tokio::time::timeout(GUARD, server).await.unwrap().unwrap();
+    // Nothing went wrong on the side.
+    assert!(futures::FutureExt::now_or_never(events.next()).is_none());
+}

@@ -248,7 +248,7 @@ pub(crate) async fn handshake(
                 other.frame_type()
             )));
         }
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => return Err(transport::codec_error(e)),
         None => {
             return Err(Error::ConnectionLost {
                 code: None,

@@ -1290,3 +1290,40 @@ async fn pipelined_sends_and_a_streaming_consumer_on_a_multi_thread_runtime() {
     // Nothing went wrong on the side.
     assert!(futures::FutureExt::now_or_never(events.next()).is_none());
 }
+
+#[tokio::test]
+async fn undecodable_bytes_from_the_broker_close_with_the_codec_code() {
+    use tokio::io::AsyncWriteExt;
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(client_io);
+    let (rx, tx) = crate::transport::stream(Box::new(cr), Box::new(cw), 1 << 16);
+    let mut server = tokio_util::codec::Framed::new(server_io, FrameCodec::default());
+    let opts = crate::ConnectionOptions {
+        heartbeat: Duration::ZERO,
+        ..Default::default()
+    };
+    let script = async {
+        let Some(Ok(Frame::Connect(_))) = server.next().await else {
+            panic!()
+        };
+        server.send(Frame::Connected(connected(0))).await.unwrap();
+    };
+    let (conn, ()) = tokio::join!(crate::connection::handshake(rx, tx, &opts), script);
+    let conn = conn.unwrap();
+    let mut events = conn.events();
+    // A well-framed frame of a type no frame uses.
+    server
+        .get_mut()
+        .write_all(&[0, 0, 0, 2, 0xee, 0])
+        .await
+        .unwrap();
+    let Some(Ok(Frame::Close(c))) = tokio::time::timeout(GUARD, server.next()).await.unwrap()
+    else {
+        panic!("expected Close")
+    };
+    assert_eq!(c.code, ErrorCode::UnknownFrameType.code());
+    match events.next().await {
+        Some(ConnectionEvent::Closed(Error::Protocol(m))) => assert!(m.contains("0xee"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -891,7 +891,7 @@ async fn individual_ack_acknowledges_one_message_and_reports_errors() {
     conn.start();
     srv.deliver(c.id(), 5, "x").await;
     srv.deliver(c.id(), 6, "y").await;
-    let _x = recv_text(&mut c).await;
+    let x = recv_text(&mut c).await;
     let y = recv_text(&mut c).await;
     let script = async {
         let a = expect!(srv, Ack);
@@ -917,6 +917,17 @@ async fn individual_ack_acknowledges_one_message_and_reports_errors() {
         ),
         "{r:?}"
     );
+    // A successful ack is not repeated.
+    let script = async {
+        let a = expect!(srv, Ack);
+        assert_eq!(a.delivery_id, 5);
+        srv.ok(a.request_id).await;
+    };
+    let (r, ()) = tokio::join!(x.ack(), script);
+    r.unwrap();
+    x.ack().await.unwrap();
+    tokio::task::yield_now().await;
+    assert!(srv.nothing_pending().is_none());
 }
 
 #[tokio::test]

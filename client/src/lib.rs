@@ -10,7 +10,7 @@
 //! use tandem_client::{AckMode, ConnectionFactory, Destination, Message};
 //!
 //! # async fn run() -> Result<(), tandem_client::Error> {
-//! let mut connection = ConnectionFactory::new("tcp://localhost:61616")?
+//! let connection = ConnectionFactory::new("tcp://localhost:61616")?
 //!     .with_client_id("orders-service")
 //!     .connect()
 //!     .await?;

@@ -308,7 +308,7 @@ async fn transacted_sessions_are_unsupported_and_send_nothing() {
 
 #[tokio::test]
 async fn close_closes_sessions_then_sends_close() {
-    let (mut conn, mut srv, _) = connect(|f| f, 0).await;
+    let (conn, mut srv, _) = connect(|f| f, 0).await;
     let s = session(&conn, &mut srv, AckMode::Auto).await;
     let mut events = conn.events();
     let script = async {
@@ -768,7 +768,7 @@ async fn works_over_a_real_tcp_socket() {
         );
     };
     let client = async {
-        let mut conn = ConnectionFactory::new(&format!("tcp://{addr}"))
+        let conn = ConnectionFactory::new(&format!("tcp://{addr}"))
             .unwrap()
             .with_client_id("tcp-client")
             .connect()
@@ -1197,7 +1197,7 @@ async fn a_broker_exceeding_credit_is_a_protocol_error() {
 /// across an await, and all can run on a multi-threaded runtime).
 #[allow(dead_code)]
 fn futures_are_send(
-    conn: &mut Connection,
+    conn: &Connection,
     s: &Session,
     p: &mut Producer,
     c: &mut Consumer,
@@ -1337,4 +1337,19 @@ async fn undecodable_bytes_from_the_broker_close_with_the_codec_code() {
         Some(ConnectionEvent::Closed(Error::Protocol(m))) => assert!(m.contains("0xee"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn handles_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Connection>();
+    send_sync::<ConnectionFactory>();
+    send_sync::<Session>();
+    send_sync::<Producer>();
+    send_sync::<Consumer>();
+    send_sync::<crate::Received>();
+    send_sync::<crate::Receipt>();
+    send_sync::<Error>();
+    send::<crate::Events>();
 }

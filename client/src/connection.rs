@@ -248,7 +248,7 @@ pub(crate) async fn handshake(
                 other.frame_type()
             )));
         }
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => return Err(transport::codec_error(e)),
         None => {
             return Err(Error::ConnectionLost {
                 code: None,
@@ -282,7 +282,7 @@ pub(crate) async fn handshake(
         connected,
         heartbeat,
         reader,
-        writer: Some(writer),
+        writer: std::sync::Mutex::new(Some(writer)),
     })
 }
 
@@ -297,7 +297,7 @@ pub struct Connection {
     connected: wire::Connected,
     heartbeat: Option<Duration>,
     reader: JoinHandle<()>,
-    writer: Option<JoinHandle<()>>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -377,7 +377,7 @@ impl Connection {
     /// Closes the connection: closes its sessions (their consumers' unacknowledged deliveries go
     /// back to the broker), sends `Close`, and waits until the writer has flushed it. Pending sends
     /// and requests fail with [`Error::ConnectionClosed`]. Idempotent.
-    pub async fn close(&mut self) -> Result<()> {
+    pub async fn close(&self) -> Result<()> {
         let sessions: Vec<(u64, oneshot::Receiver<Result<()>>)> = {
             let mut st = self.shared.lock();
             if st.closed.is_some() {
@@ -401,7 +401,8 @@ impl Connection {
         if self.shared.close_by_application(done_tx) {
             let _ = tokio::time::timeout(self.shared.settings.request_timeout, done_rx).await;
         }
-        if let Some(w) = self.writer.take() {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
             let _ = tokio::time::timeout(self.shared.settings.request_timeout, w).await;
         }
         self.reader.abort();

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -353,6 +354,7 @@ impl Consumer {
                         consumer_id,
                         delivery_id,
                         browser: self.browser,
+                        acked: Arc::new(AtomicBool::new(false)),
                     },
                 })
             }
@@ -473,6 +475,8 @@ pub struct AckHandle {
     consumer_id: u64,
     delivery_id: u64,
     browser: bool,
+    /// Individual mode: this delivery is acknowledged (a second `ack` sends nothing).
+    acked: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AckHandle {
@@ -573,6 +577,7 @@ impl AckHandle {
                     }
                     pending
                 }
+                AckMode::Individual if self.acked.load(Ordering::Acquire) => Vec::new(),
                 AckMode::Individual => {
                     let (cid, did) = (self.consumer_id, self.delivery_id);
                     vec![shared.request_locked(
@@ -587,6 +592,7 @@ impl AckHandle {
         for (id, rx) in pending {
             shared.wait(id, rx).await?;
         }
+        self.acked.store(true, Ordering::Release);
         Ok(())
     }
 }

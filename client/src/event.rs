@@ -1,6 +1,11 @@
-//! Connection events: what JMS reports through an `ExceptionListener`, as a channel.
+//! Connection events: what JMS reports through an `ExceptionListener`, as a stream.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
 use tokio::sync::broadcast;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::Error;
 
@@ -26,31 +31,14 @@ pub enum ConnectionEvent {
     Lagged(u64),
 }
 
-/// A listener's view of a connection's events (see [`crate::Connection::events`]).
-///
-/// Each listener has its own bounded backlog (256 events); one that falls behind gets
-/// [`ConnectionEvent::Lagged`] instead of the events it missed.
-#[derive(Debug)]
-pub struct Events {
+struct Listener {
     rx: broadcast::Receiver<ConnectionEvent>,
     already_closed: Option<Error>,
     done: bool,
 }
 
-impl Events {
-    pub(crate) fn new(
-        rx: broadcast::Receiver<ConnectionEvent>,
-        already_closed: Option<Error>,
-    ) -> Events {
-        Events {
-            rx,
-            already_closed,
-            done: false,
-        }
-    }
-
-    /// The next event; `None` after [`ConnectionEvent::Closed`] has been returned.
-    pub async fn recv(&mut self) -> Option<ConnectionEvent> {
+impl Listener {
+    async fn recv(&mut self) -> Option<ConnectionEvent> {
         if self.done {
             return None;
         }
@@ -71,5 +59,67 @@ impl Events {
                 None
             }
         }
+    }
+}
+
+async fn next(mut l: Listener) -> (Option<ConnectionEvent>, Listener) {
+    let ev = l.recv().await;
+    (ev, l)
+}
+
+/// A listener's view of a connection's events (see [`crate::Connection::events`]): a [`Stream`]
+/// that ends after [`ConnectionEvent::Closed`], or [`Events::recv`].
+///
+/// Each listener has its own bounded backlog (256 events); one that falls behind gets
+/// [`ConnectionEvent::Lagged`] instead of the events it missed.
+pub struct Events {
+    fut: ReusableBoxFuture<'static, (Option<ConnectionEvent>, Listener)>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl Events {
+    pub(crate) fn new(
+        rx: broadcast::Receiver<ConnectionEvent>,
+        already_closed: Option<Error>,
+    ) -> Events {
+        let l = Listener {
+            rx,
+            already_closed,
+            done: false,
+        };
+        Events {
+            fut: ReusableBoxFuture::new(next(l)),
+            ended: false,
+        }
+    }
+
+    /// The next event; `None` after [`ConnectionEvent::Closed`] has been returned.
+    pub async fn recv(&mut self) -> Option<ConnectionEvent> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Events {
+    type Item = ConnectionEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ConnectionEvent>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let (ev, l) = std::task::ready!(self.fut.poll(cx));
+        if ev.is_none() {
+            self.ended = true;
+        } else {
+            self.fut.set(next(l));
+        }
+        Poll::Ready(ev)
     }
 }

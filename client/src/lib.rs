@@ -10,7 +10,7 @@
 //! use tandem_client::{AckMode, ConnectionFactory, Destination, Message};
 //!
 //! # async fn run() -> Result<(), tandem_client::Error> {
-//! let mut connection = ConnectionFactory::new("tcp://localhost:61616")?
+//! let connection = ConnectionFactory::new("tcp://localhost:61616")?
 //!     .with_client_id("orders-service")
 //!     .connect()
 //!     .await?;
@@ -40,8 +40,27 @@
 //! is ready into a single write; the reader answers requests (by request id), receipts (by producer
 //! and sequence) and routes deliveries to per-consumer buffers, bounded by the consumer's prefetch
 //! (the broker's credit). Heartbeats follow the protocol: a `Ping` after one idle interval, a close
-//! with `IdleTimeout` after three silent ones. Acknowledgement per mode is described on [`AckMode`]
-//! and in `docs/PROTOCOL.md`.
+//! with `IdleTimeout` after three silent ones. No lock is held across an `.await`; a lost connection
+//! fails every pending request and receipt with [`Error::ConnectionLost`].
+//!
+//! # Acknowledgement, credit and recover
+//!
+//! A consumer hands out [`Received`] messages: the [`Message`] (through `Deref`) plus an
+//! [`AckHandle`]. What is acknowledged, and when, follows the session's [`AckMode`]
+//! (`docs/PROTOCOL.md`, "Consuming"):
+//!
+//! | mode | acks sent |
+//! |---|---|
+//! | `Auto` | an individual ack as each message is handed to the application |
+//! | `DupsOk` | a cumulative ack every `prefetch / 2` messages, and when the application has caught up or the consumer closes |
+//! | `Client` | on [`Received::ack`]: one cumulative ack per consumer of the session, up to the last message it handed out |
+//! | `Individual` | on [`Received::ack`]: that message only |
+//!
+//! The broker delivers while a consumer has fewer than `prefetch` unacknowledged deliveries. A
+//! consumer with prefetch 0 pulls: a receive that finds nothing buffered sends `Flow(1)`, at most
+//! one at a time. [`Session::recover`] drops the session's buffers, sends a `Nack` listing each
+//! consumer's last handed-out delivery, and ignores deliveries that arrive before the broker's
+//! answer (they are taken back by that `Nack`); what follows is the redelivery.
 
 mod connection;
 mod consumer;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
-use tandem_protocol::{ErrorCode, Frame, wire};
+use tandem_protocol::{CodecError, ErrorCode, Frame, wire};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -487,12 +487,13 @@ pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Opti
                 });
                 return;
             }
+            Some(Err(e @ CodecError::Io(_))) => {
+                shared.fail(crate::transport::codec_error(e));
+                return;
+            }
             Some(Err(e)) => {
-                let code = match e {
-                    Error::Protocol(_) => ErrorCode::MalformedFrame,
-                    _ => ErrorCode::Internal,
-                };
-                shared.close_with(code, e);
+                // Tell the broker what was wrong with its bytes, as it would tell us.
+                shared.close_with(e.error_code(), crate::transport::codec_error(e));
                 return;
             }
             Some(Ok(frame)) => {

@@ -308,7 +308,7 @@ async fn transacted_sessions_are_unsupported_and_send_nothing() {
 
 #[tokio::test]
 async fn close_closes_sessions_then_sends_close() {
-    let (mut conn, mut srv, _) = connect(|f| f, 0).await;
+    let (conn, mut srv, _) = connect(|f| f, 0).await;
     let s = session(&conn, &mut srv, AckMode::Auto).await;
     let mut events = conn.events();
     let script = async {
@@ -768,7 +768,7 @@ async fn works_over_a_real_tcp_socket() {
         );
     };
     let client = async {
-        let mut conn = ConnectionFactory::new(&format!("tcp://{addr}"))
+        let conn = ConnectionFactory::new(&format!("tcp://{addr}"))
             .unwrap()
             .with_client_id("tcp-client")
             .connect()
@@ -891,7 +891,7 @@ async fn individual_ack_acknowledges_one_message_and_reports_errors() {
     conn.start();
     srv.deliver(c.id(), 5, "x").await;
     srv.deliver(c.id(), 6, "y").await;
-    let _x = recv_text(&mut c).await;
+    let x = recv_text(&mut c).await;
     let y = recv_text(&mut c).await;
     let script = async {
         let a = expect!(srv, Ack);
@@ -917,6 +917,17 @@ async fn individual_ack_acknowledges_one_message_and_reports_errors() {
         ),
         "{r:?}"
     );
+    // A successful ack is not repeated.
+    let script = async {
+        let a = expect!(srv, Ack);
+        assert_eq!(a.delivery_id, 5);
+        srv.ok(a.request_id).await;
+    };
+    let (r, ()) = tokio::join!(x.ack(), script);
+    r.unwrap();
+    x.ack().await.unwrap();
+    tokio::task::yield_now().await;
+    assert!(srv.nothing_pending().is_none());
 }
 
 #[tokio::test]
@@ -1186,7 +1197,7 @@ async fn a_broker_exceeding_credit_is_a_protocol_error() {
 /// across an await, and all can run on a multi-threaded runtime).
 #[allow(dead_code)]
 fn futures_are_send(
-    conn: &mut Connection,
+    conn: &Connection,
     s: &Session,
     p: &mut Producer,
     c: &mut Consumer,
@@ -1209,4 +1220,136 @@ fn futures_are_send(
     is_send(r.ack());
     is_send(conn.events());
     is_send(conn.close());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_and_a_streaming_consumer_on_a_multi_thread_runtime() {
+    const N: u64 = 300;
+    const PREFETCH: u64 = 50;
+    let (conn, mut srv, _) = connect(|f| f, 0).await;
+    let s = session(&conn, &mut srv, AckMode::Auto).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, _) = producer(&s, &mut srv, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv, "q", PREFETCH as u32).await;
+    let cid = c.id();
+    let mut events = conn.events();
+    conn.start();
+    let server = tokio::spawn(async move {
+        let mut sends = Vec::new();
+        while sends.len() < N as usize {
+            let sent = expect!(srv, Send);
+            assert!(sent.receipt);
+            sends.push((sent.producer_id, sent.sequence));
+        }
+        assert!(
+            sends.windows(2).all(|w| w[0].1 < w[1].1),
+            "sequences out of order"
+        );
+        // Receipts in reverse order: each send must still get its own.
+        for (producer_id, sequence) in sends.iter().rev().copied() {
+            srv.send(wire::SendReceipt {
+                producer_id,
+                sequence,
+            })
+            .await;
+        }
+        // Deliver within the credit window, as a broker would; auto acks come back one by one.
+        let (mut next, mut acked) = (1u64, 0u64);
+        while acked < N {
+            while next <= N && next - 1 - acked < PREFETCH {
+                srv.deliver(cid, next, &format!("m{next}")).await;
+                next += 1;
+            }
+            let ack = expect!(srv, Ack);
+            assert_eq!(
+                (ack.delivery_id, ack.kind),
+                (acked + 1, wire::AckKind::Individual as i32)
+            );
+            acked += 1;
+        }
+        srv
+    });
+    let consumer = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < N as usize {
+            let m = c
+                .next()
+                .await
+                .expect("stream ended")
+                .expect("receive failed");
+            assert_eq!(
+                m.text_body(),
+                Some(format!("m{}", m.delivery_id()).as_str())
+            );
+            ids.push(m.delivery_id());
+        }
+        ids
+    });
+    let mut receipts = Vec::new();
+    for i in 0..N {
+        receipts.push(p.send_async(Message::text(format!("s{i}"))).await.unwrap());
+    }
+    for r in futures::future::join_all(receipts).await {
+        r.unwrap();
+    }
+    let ids = tokio::time::timeout(GUARD, consumer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids, (1..=N).collect::<Vec<_>>());
+    let _srv = tokio::time::timeout(GUARD, server).await.unwrap().unwrap();
+    // Nothing went wrong on the side.
+    assert!(futures::FutureExt::now_or_never(events.next()).is_none());
+}
+
+#[tokio::test]
+async fn undecodable_bytes_from_the_broker_close_with_the_codec_code() {
+    use tokio::io::AsyncWriteExt;
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let (cr, cw) = tokio::io::split(client_io);
+    let (rx, tx) = crate::transport::stream(Box::new(cr), Box::new(cw), 1 << 16);
+    let mut server = tokio_util::codec::Framed::new(server_io, FrameCodec::default());
+    let opts = crate::ConnectionOptions {
+        heartbeat: Duration::ZERO,
+        ..Default::default()
+    };
+    let script = async {
+        let Some(Ok(Frame::Connect(_))) = server.next().await else {
+            panic!()
+        };
+        server.send(Frame::Connected(connected(0))).await.unwrap();
+    };
+    let (conn, ()) = tokio::join!(crate::connection::handshake(rx, tx, &opts), script);
+    let conn = conn.unwrap();
+    let mut events = conn.events();
+    // A well-framed frame of a type no frame uses.
+    server
+        .get_mut()
+        .write_all(&[0, 0, 0, 2, 0xee, 0])
+        .await
+        .unwrap();
+    let Some(Ok(Frame::Close(c))) = tokio::time::timeout(GUARD, server.next()).await.unwrap()
+    else {
+        panic!("expected Close")
+    };
+    assert_eq!(c.code, ErrorCode::UnknownFrameType.code());
+    match events.next().await {
+        Some(ConnectionEvent::Closed(Error::Protocol(m))) => assert!(m.contains("0xee"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn handles_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Connection>();
+    send_sync::<ConnectionFactory>();
+    send_sync::<Session>();
+    send_sync::<Producer>();
+    send_sync::<Consumer>();
+    send_sync::<crate::Received>();
+    send_sync::<crate::Receipt>();
+    send_sync::<Error>();
+    send::<crate::Events>();
 }

@@ -55,7 +55,8 @@ pub(crate) fn local(link: LocalLink) -> (FrameRx, FrameTx) {
     (FrameRx::Local(link.rx), FrameTx::Local(link.tx))
 }
 
-fn codec_error(e: CodecError) -> Error {
+/// The client's error for a codec failure on the receiving side.
+pub(crate) fn codec_error(e: CodecError) -> Error {
     match e {
         CodecError::Io(e) => Error::ConnectionLost {
             code: None,
@@ -67,9 +68,9 @@ fn codec_error(e: CodecError) -> Error {
 
 impl FrameRx {
     /// The next frame; `None` when the peer has closed the transport.
-    pub(crate) async fn recv(&mut self) -> Option<Result<Frame, Error>> {
+    pub(crate) async fn recv(&mut self) -> Option<Result<Frame, CodecError>> {
         match self {
-            FrameRx::Stream(f) => f.next().await.map(|r| r.map_err(codec_error)),
+            FrameRx::Stream(f) => f.next().await,
             FrameRx::Local(rx) => rx.recv().await.map(Ok),
         }
     }

@@ -256,7 +256,10 @@ impl Connection {
 
     fn reply(&self, request_id: u64, result: Result<(), Refusal>) {
         let frame = match result {
-            Ok(()) => Frame::Ok(wire::Ok { request_id, last_delivery_id: 0 }),
+            Ok(()) => Frame::Ok(wire::Ok {
+                request_id,
+                last_delivery_id: 0,
+            }),
             Err(r) => Frame::error(request_id, r.code, r.message),
         };
         let _ = self.out.send(frame);
@@ -649,7 +652,7 @@ impl Connection {
         for (queue, items) in group_by_queue(
             taken
                 .into_iter()
-                .map(|u| (u.queue, (u.consumer_id, u.entry))),
+                .map(|u| (u.queue, (u.consumer_key, u.entry))),
         ) {
             for (_, e) in &items {
                 if e.msg.persistent {
@@ -711,7 +714,7 @@ fn requeue(items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
     let grouped = group_by_queue(
         items
             .into_iter()
-            .map(|(u, seen)| (u.queue, (u.consumer_id, u.seq, u.entry, seen))),
+            .map(|(u, seen)| (u.queue, (u.consumer_key, u.seq, u.entry, seen))),
     );
     for (queue, items) in grouped {
         queue.requeue(items, now);

@@ -784,3 +784,52 @@ async fn selectors_on_queue_consumers_and_topic_subscriptions() {
     );
     b.shutdown().await;
 }
+
+/// Consumer ids are per connection: two connections may both use consumer 1 on one queue. An ack
+/// on one must open that consumer's window, not the other's.
+#[tokio::test]
+async fn same_consumer_id_on_two_connections_keeps_windows_apart() {
+    let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
+    let q = queue("shared.ids");
+    let mut a = Raw::local(&b).await;
+    a.session(1, AckMode::Client).await;
+    a.consumer(1, 1, &q, 1).await.unwrap();
+    let mut bb = Raw::local(&b).await;
+    bb.session(1, AckMode::Client).await;
+    bb.consumer(1, 1, &q, 1).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    for i in 1..=2 {
+        p.send_msg(1, i, text(&q, i, true)).await.unwrap();
+    }
+    let da = a.deliver().await;
+    let db = bb.deliver().await;
+    assert_eq!((n_of(&da), n_of(&db)), (1, 2));
+    // Only bb acknowledges; the third message must go to bb, whose window opened.
+    bb.ack(1, 1, db.delivery_id, AckKind::Individual).await;
+    p.send_msg(1, 3, text(&q, 3, true)).await.unwrap();
+    assert_eq!(n_of(&bb.deliver().await), 3);
+    assert!(
+        a.deliver_within(Duration::from_millis(200)).await.is_none(),
+        "a's window is full"
+    );
+    // Closing bb's consumer must not detach a's.
+    bb.request(|request_id| {
+        wire::ConsumerClose {
+            request_id,
+            consumer_id: 1,
+            last_consumed: 0,
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    a.ack(1, 1, da.delivery_id, AckKind::Individual).await;
+    assert_eq!(
+        n_of(&a.deliver().await),
+        3,
+        "message 3 returned by bb's close goes to a"
+    );
+    b.shutdown().await;
+}

@@ -169,6 +169,8 @@ impl Session {
                 SessionState {
                     ack_mode,
                     recovering: 0,
+                    stale_up_to: 0,
+                    held: Vec::new(),
                     positions: BTreeMap::new(),
                 },
             );

@@ -86,9 +86,13 @@ pub(crate) struct Position {
 
 pub(crate) struct SessionState {
     pub(crate) ack_mode: AckMode,
-    /// While a recover `Nack` is unanswered, deliveries for the session's consumers are stale (the
-    /// broker takes them back) and are dropped.
+    /// Recover `Nack`s not yet answered. Meanwhile deliveries for the session are held back: the
+    /// answer's mark says which of them the broker took back (stale) and which are new.
     pub(crate) recovering: u32,
+    /// Deliveries with an id up to this were taken back by a recover: drop them on arrival.
+    pub(crate) stale_up_to: u64,
+    /// Deliveries that arrived while a recover was unanswered, in arrival order.
+    pub(crate) held: Vec<wire::Deliver>,
     /// Per consumer (kept after the consumer closes while it has unacknowledged deliveries: a later
     /// session ack or recover still covers them).
     pub(crate) positions: BTreeMap<u64, Position>,
@@ -207,7 +211,9 @@ impl Shared {
             Err(_) => {
                 let mut st = self.lock();
                 if let Some(p) = st.requests.remove(&id) {
-                    end_recover(&mut st, p.after);
+                    // No mark: the held deliveries cannot be told apart. Drop them; the broker
+                    // gives back whatever stays unacknowledged when the session closes.
+                    end_recover(&mut st, p.after, None);
                 }
                 Err(Error::Timeout(
                     "no answer from the broker within the request timeout",
@@ -311,12 +317,13 @@ impl Shared {
             .collect()
     }
 
-    fn answer(&self, request_id: u64, result: Result<()>) {
+    /// Resolves a request; `mark` is the Ok's `last_delivery_id` (0 for an error).
+    fn answer(&self, request_id: u64, result: Result<()>, mark: u64) {
         let pending = {
             let mut st = self.lock();
             let p = st.requests.remove(&request_id);
             if let Some(p) = &p {
-                end_recover(&mut st, p.after);
+                end_recover(&mut st, p.after, Some(mark));
             }
             p
         };
@@ -347,11 +354,16 @@ impl Shared {
                 return Ok(());
             };
             slot.pull_outstanding = slot.pull_outstanding.saturating_sub(1);
-            if sessions
-                .get(&slot.session_id)
-                .is_none_or(|s| s.recovering > 0)
-            {
-                // Sent before the broker saw our recover Nack: it is taken back by that Nack.
+            let Some(sess) = sessions.get_mut(&slot.session_id) else {
+                return Ok(());
+            };
+            if d.delivery_id <= sess.stale_up_to {
+                // Sent before the broker took the session's deliveries back for a recover.
+                return Ok(());
+            }
+            if sess.recovering > 0 {
+                // Stale or new? The recover's answer will say (its delivery-id mark).
+                sess.held.push(d);
                 return Ok(());
             }
             if slot.buffer.len() >= slot.capacity() {
@@ -372,13 +384,13 @@ impl Shared {
     /// Routes one frame from the broker. `false` ends the reader.
     fn dispatch(&self, frame: Frame) -> bool {
         match frame {
-            Frame::Ok(ok) => self.answer(ok.request_id, Ok(())),
+            Frame::Ok(ok) => self.answer(ok.request_id, Ok(()), ok.last_delivery_id),
             Frame::Error(e) if e.request_id == 0 => {
                 let err = Error::broker(e.code, e.message);
                 tracing::warn!(error = %err, "connection error from the broker");
                 self.emit(ConnectionEvent::BrokerError(err));
             }
-            Frame::Error(e) => self.answer(e.request_id, Err(Error::broker(e.code, e.message))),
+            Frame::Error(e) => self.answer(e.request_id, Err(Error::broker(e.code, e.message)), 0),
             Frame::SendReceipt(r) => {
                 let tx = self.lock().receipts.remove(&(r.producer_id, r.sequence));
                 match tx {
@@ -451,11 +463,39 @@ impl Shared {
     }
 }
 
-fn end_recover(st: &mut State, after: AfterAnswer) {
-    if let AfterAnswer::EndRecover(sid) = after
-        && let Some(s) = st.sessions.get_mut(&sid)
-    {
-        s.recovering = s.recovering.saturating_sub(1);
+/// Ends a recover: deliveries up to the broker's mark are stale; the held ones above it are new
+/// (redeliveries among them) and go to their consumers in arrival order.
+fn end_recover(st: &mut State, after: AfterAnswer, mark: Option<u64>) {
+    let AfterAnswer::EndRecover(sid) = after else {
+        return;
+    };
+    let State {
+        sessions,
+        consumers,
+        ..
+    } = st;
+    let Some(s) = sessions.get_mut(&sid) else {
+        return;
+    };
+    s.recovering = s.recovering.saturating_sub(1);
+    let Some(mark) = mark else {
+        s.held.clear();
+        return;
+    };
+    s.stale_up_to = s.stale_up_to.max(mark);
+    if s.recovering > 0 {
+        return;
+    }
+    for d in std::mem::take(&mut s.held) {
+        if d.delivery_id <= s.stale_up_to {
+            continue;
+        }
+        if let Some(slot) = consumers.get_mut(&d.consumer_id) {
+            slot.buffer.push_back(d);
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
     }
 }
 

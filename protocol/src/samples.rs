@@ -46,7 +46,11 @@ pub fn sample_frames() -> Vec<Frame> {
             message: "bad name".into(),
         }
         .into(),
-        wire::Ok { request_id: 4, last_delivery_id: 17 }.into(),
+        wire::Ok {
+            request_id: 4,
+            last_delivery_id: 17,
+        }
+        .into(),
         wire::Ping { nonce: 77 }.into(),
         wire::Pong { nonce: 77 }.into(),
         wire::SessionOpen {

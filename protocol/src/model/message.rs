@@ -287,6 +287,26 @@ impl Message {
         let mut properties = Vec::with_capacity(w.properties.len());
         for p in &w.properties {
             validate_property_name(&p.name)?;
+            if matches!(
+                p.name.as_str(),
+                "JMSXGroupID" | "JMSXGroupSeq" | "JMSXUserID" | "JMSXDeliveryCount"
+            ) {
+                // These travel in header fields (or, for the count, in the Deliver frame); as a
+                // property they would be invisible to `property()` and to selectors.
+                return Err(ModelError::InvalidPropertyName {
+                    name: p.name.clone(),
+                    reason: "a header field, not a property, on the wire",
+                });
+            }
+            if properties
+                .iter()
+                .any(|(k, _): &(String, PropertyValue)| *k == p.name)
+            {
+                return Err(ModelError::InvalidPropertyName {
+                    name: p.name.clone(),
+                    reason: "set twice",
+                });
+            }
             let v = p.value.as_ref().ok_or_else(|| ModelError::InvalidValue {
                 field: p.name.clone(),
                 reason: "no value".into(),
@@ -480,5 +500,31 @@ mod tests {
             Message::decode(Bytes::from_static(&[0x0a, 0xff])),
             Err(ModelError::Malformed(_))
         ));
+    }
+
+    /// Found by the message_decode fuzz target: the wire may carry what the setters refuse.
+    #[test]
+    fn wire_properties_follow_the_setter_rules() {
+        let mut w = full().to_wire();
+        let dup = w.properties[0].clone();
+        w.properties.push(dup);
+        assert!(matches!(
+            Message::from_wire(w),
+            Err(ModelError::InvalidPropertyName { .. })
+        ));
+        for name in [
+            "JMSXDeliveryCount",
+            "JMSXGroupID",
+            "JMSXGroupSeq",
+            "JMSXUserID",
+        ] {
+            let mut w = full().to_wire();
+            w.properties[0].name = name.into();
+            let r = Message::from_wire(w);
+            assert!(
+                matches!(r, Err(ModelError::InvalidPropertyName { .. })),
+                "{name}: {r:?}"
+            );
+        }
     }
 }

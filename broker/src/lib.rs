@@ -1,1 +1,3 @@
 //! tandem-broker.
+
+pub mod journal;

@@ -1,0 +1,735 @@
+//! The journal handle and its writer thread (group commit).
+//!
+//! Lock order: there is one lock, `Shared::queue`; nothing is called while holding it except
+//! condvar/notify signalling and oneshot sends.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, JoinHandle};
+
+use tokio::sync::{Notify, oneshot};
+
+use super::error::JournalError;
+use super::format::{self, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::record::Record;
+use super::recovery;
+use super::state::{Recovered, SegId, State};
+use super::{IoFaults, JournalOptions};
+
+type Reply = Result<u64, JournalError>;
+
+struct Submission {
+    records: Vec<Record>,
+    bytes: usize,
+    done: oneshot::Sender<Reply>,
+}
+
+enum Mode {
+    Running,
+    /// Flush what is queued, then stop.
+    Closing,
+    /// No more writes; appends fail with this error.
+    Stopped(JournalError),
+}
+
+struct Queue {
+    pending: VecDeque<Submission>,
+    pending_bytes: usize,
+    mode: Mode,
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    batches: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    fsyncs: AtomicU64,
+    failed_batches: AtomicU64,
+    segments_created: AtomicU64,
+    segments_deleted: AtomicU64,
+    live_segments: AtomicU64,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writer waits here for work.
+    work: Condvar,
+    /// Blocking appenders wait here for queue space.
+    space: Condvar,
+    /// Async appenders wait here for queue space.
+    space_async: Notify,
+    counters: Counters,
+    epoch: u64,
+    max_pending: usize,
+    batch_limit: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake_appenders(&self) {
+        self.space.notify_all();
+        self.space_async.notify_waiters();
+    }
+
+    /// Stops the journal with `err` (unless already stopped) and fails everything queued.
+    fn stop(&self, err: JournalError) {
+        let mut q = self.lock();
+        if !matches!(q.mode, Mode::Stopped(_)) {
+            q.mode = Mode::Stopped(err.clone());
+        }
+        let err = match &q.mode {
+            Mode::Stopped(e) => e.clone(),
+            _ => err,
+        };
+        q.pending_bytes = 0;
+        for s in q.pending.drain(..) {
+            let _ = s.done.send(Err(err.clone()));
+        }
+        drop(q);
+        self.work.notify_all();
+        self.wake_appenders();
+    }
+}
+
+/// Counters since open. `fsyncs` counts segment data syncs (directory syncs are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Successful `append` calls (submissions accepted into the queue).
+    pub appends: u64,
+    /// Batches written and synced.
+    pub batches: u64,
+    /// Records in those batches.
+    pub records: u64,
+    /// Bytes written in those batches (framing included).
+    pub bytes: u64,
+    pub fsyncs: u64,
+    /// Batches whose write or sync failed (their appends got the error).
+    pub failed_batches: u64,
+    pub segments_created: u64,
+    pub segments_deleted: u64,
+    /// Segments currently on disk (as the writer accounts them).
+    pub live_segments: u64,
+}
+
+impl JournalStats {
+    /// Average records per durable batch.
+    pub fn avg_batch_records(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.records as f64 / self.batches as f64
+        }
+    }
+}
+
+/// Resolves once the batch holding an append is durable: `Ok(batch_seq)`, or the error that
+/// failed that batch (I/O, [`JournalError::Fenced`], [`JournalError::Closed`]).
+///
+/// `.await` it, or call [`Completion::wait`] from a thread that may block.
+#[derive(Debug)]
+#[must_use = "an append is only known durable once its completion resolves Ok"]
+pub struct Completion {
+    rx: oneshot::Receiver<Reply>,
+}
+
+impl Completion {
+    /// Blocks the calling thread until the batch is durable (or failed). Usable anywhere, but
+    /// blocking inside an async task stalls that runtime worker: await the completion there.
+    pub fn wait(self) -> Reply {
+        block_on(self)
+    }
+}
+
+impl Future for Completion {
+    type Output = Reply;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        Pin::new(&mut self.get_mut().rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(JournalError::Closed)))
+    }
+}
+
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn block_on<F: Future + Unpin>(mut f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(v) = Pin::new(&mut f).poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}
+
+/// A journal open for writing. Dropping it flushes what is queued and stops the writer.
+pub struct Journal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("epoch", &self.shared.epoch)
+            .finish()
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| JournalError::io("fsync dir", dir, e))
+}
+
+/// Rewrites the valid prefix of the newest segment through `<name>.tmp` + rename (see
+/// "Recovery rules" 8 in the module docs).
+fn seal(dir: &Path, id: SegId, valid: &[u8]) -> Result<(), JournalError> {
+    let path = format::segment_path(dir, id);
+    let tmp = dir.join(format!("{}.tmp", format::segment_file_name(id)));
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| JournalError::io("create", &tmp, e))?;
+    f.write_all_at(valid, 0)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| JournalError::io("write", &tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(|e| JournalError::io("rename", &path, e))?;
+    sync_dir(dir)
+}
+
+struct Segment {
+    id: SegId,
+    path: PathBuf,
+    file: File,
+    offset: u64,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    opts: JournalOptions,
+    state: State,
+    active: Segment,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn faults(&self) -> Option<&dyn IoFaults> {
+        self.opts.faults.as_deref()
+    }
+
+    fn create_segment(
+        dir: &Path,
+        id: SegId,
+        faults: Option<&dyn IoFaults>,
+    ) -> Result<Segment, JournalError> {
+        let path = format::segment_path(dir, id);
+        if let Some(e) = faults.and_then(|f| f.on_create(&path)) {
+            return Err(JournalError::io("create", &path, e));
+        }
+        let file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(JournalError::Conflict { segment: path });
+            }
+            Err(e) => return Err(JournalError::io("create", &path, e)),
+        };
+        if let Err(e) = file.write_all_at(&format::encode_segment_header(id), 0) {
+            // Leave no half-made segment behind: the next attempt must be able to create it.
+            let _ = fs::remove_file(&path);
+            return Err(JournalError::io("write", &path, e));
+        }
+        // The new name must be durable before anything in the file is confirmed.
+        sync_dir(dir)?;
+        Ok(Segment {
+            id,
+            path,
+            file,
+            offset: SEGMENT_HEADER_LEN as u64,
+        })
+    }
+
+    fn roll(&mut self) -> Result<(), JournalError> {
+        let next = Self::create_segment(&self.dir, self.active.id + 1, self.faults())?;
+        self.active = next;
+        self.state.add_segment(self.active.id);
+        // The sealed segment may already be dead (e.g. it held only acks).
+        self.state.dirty = true;
+        let c = &self.shared.counters;
+        c.segments_created.fetch_add(1, Relaxed);
+        c.live_segments
+            .store(self.state.segment_ids().len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Writes `self.buf` (one framed batch) at the end of the active segment and syncs it.
+    fn write_durable(&mut self) -> Result<(), JournalError> {
+        let len = self.buf.len() as u64;
+        if self.active.offset + len > self.opts.segment_size
+            && self.active.offset > SEGMENT_HEADER_LEN as u64
+        {
+            self.roll()?;
+        }
+        let seg = &self.active;
+        // Positional write at our own offset: after a failed (partial) write the next batch
+        // lands on the same offset and overwrites the debris.
+        let fault = self
+            .opts
+            .faults
+            .as_deref()
+            .and_then(|f| f.on_write(&seg.path, seg.offset, self.buf.len()));
+        match fault {
+            Some((n, e)) => {
+                let n = n.min(self.buf.len());
+                let _ = seg.file.write_all_at(&self.buf[..n], seg.offset);
+                return Err(JournalError::io("write", &seg.path, e));
+            }
+            None => seg
+                .file
+                .write_all_at(&self.buf, seg.offset)
+                .map_err(|e| JournalError::io("write", &seg.path, e))?,
+        }
+        if let Some(e) = self.faults().and_then(|f| f.on_sync(&seg.path)) {
+            return Err(JournalError::io("fdatasync", &seg.path, e));
+        }
+        seg.file
+            .sync_data()
+            .map_err(|e| JournalError::io("fdatasync", &seg.path, e))?;
+        self.shared.counters.fsyncs.fetch_add(1, Relaxed);
+        if !self.opts.sync_delay.is_zero() {
+            // EFS-latency emulation for benchmarks only.
+            thread::sleep(self.opts.sync_delay);
+        }
+        self.active.offset += len;
+        Ok(())
+    }
+
+    /// Frames, writes and syncs `records`; on success applies them to the live state.
+    fn write_records<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Record> + Clone,
+    ) -> Result<u64, JournalError> {
+        self.buf.clear();
+        let start = format::begin_batch(&mut self.buf);
+        let mut count = 0u32;
+        for r in records.clone() {
+            r.encode(&mut self.buf);
+            count += 1;
+        }
+        let seq = self.next_seq;
+        format::finish_batch(&mut self.buf, start, self.shared.epoch, seq, count);
+        self.write_durable()?;
+        self.next_seq += 1;
+        let c = &self.shared.counters;
+        c.batches.fetch_add(1, Relaxed);
+        c.records.fetch_add(u64::from(count), Relaxed);
+        c.bytes.fetch_add(self.buf.len() as u64, Relaxed);
+        let id = self.active.id;
+        for r in records {
+            self.state.apply(id, &r.view(), None);
+        }
+        Ok(seq)
+    }
+
+    /// Deletes every segment the reclaim rule allows; returns how many.
+    fn reclaim(&mut self) -> usize {
+        if !self.state.dirty {
+            return 0;
+        }
+        self.state.dirty = false;
+        let mut deleted = 0;
+        while let Some(id) = self.state.next_reclaimable(self.active.id) {
+            let path = format::segment_path(&self.dir, id);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "cannot delete dead segment");
+                    self.state.dirty = true;
+                    break;
+                }
+            }
+            tracing::debug!(segment = %path.display(), "reclaimed segment");
+            self.state.remove_segment(id);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "directory fsync after reclaim failed");
+            }
+            let c = &self.shared.counters;
+            c.segments_deleted.fetch_add(deleted as u64, Relaxed);
+            c.live_segments
+                .store(self.state.segment_ids().len() as u64, Relaxed);
+        }
+        deleted
+    }
+
+    /// Takes the next batch of submissions: everything queued, up to the batch limit.
+    fn take(&self) -> Option<Vec<Submission>> {
+        let mut q = self.shared.lock();
+        loop {
+            match q.mode {
+                Mode::Stopped(_) => return None,
+                _ if !q.pending.is_empty() => break,
+                Mode::Closing => return None,
+                Mode::Running => {
+                    q = self
+                        .shared
+                        .work
+                        .wait(q)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+            }
+        }
+        let mut total = BATCH_HEADER_LEN;
+        let mut subs = Vec::new();
+        while let Some(s) = q.pending.front() {
+            if !subs.is_empty() && total + s.bytes > self.shared.batch_limit {
+                break;
+            }
+            total += s.bytes;
+            q.pending_bytes -= s.bytes;
+            subs.push(q.pending.pop_front().unwrap());
+        }
+        drop(q);
+        self.shared.wake_appenders();
+        Some(subs)
+    }
+
+    fn run(mut self) {
+        while let Some(subs) = self.take() {
+            match self.write_records(subs.iter().flat_map(|s| s.records.iter())) {
+                Ok(seq) => {
+                    for s in subs {
+                        let _ = s.done.send(Ok(seq));
+                    }
+                    self.reclaim();
+                }
+                Err(e) => {
+                    self.shared.counters.failed_batches.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "journal batch failed");
+                    for s in subs {
+                        let _ = s.done.send(Err(e.clone()));
+                    }
+                    if matches!(e, JournalError::Conflict { .. }) {
+                        // Someone else writes this journal: never write again.
+                        self.shared.stop(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Marks the journal stopped when the writer thread ends, however it ends (a panic included),
+/// so that appenders never wait for a writer that is gone.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.stop(JournalError::Closed);
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`: recovers the live state, refuses with
+    /// [`JournalError::Fenced`] if the journal holds a newer epoch than `options.epoch`, seals
+    /// the newest segment, starts a new segment whose first batch is this writer's
+    /// `EpochMarker`, deletes dead segments and starts the writer thread.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<(Journal, Recovered), JournalError> {
+        let dir = dir.as_ref().to_path_buf();
+        let min_segment = (SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + 64) as u64;
+        if options.segment_size < min_segment {
+            return Err(JournalError::InvalidRecord(format!(
+                "segment_size must be at least {min_segment}"
+            )));
+        }
+        fs::create_dir_all(&dir).map_err(|e| JournalError::io("create_dir", &dir, e))?;
+        let scan = recovery::scan(&dir, &options)?;
+        if scan.recovered.max_epoch > options.epoch {
+            return Err(JournalError::Fenced {
+                ours: options.epoch,
+                newer: Some(scan.recovered.max_epoch),
+            });
+        }
+        let recovery::Scan {
+            state,
+            mut recovered,
+            segments,
+            last,
+            max_seq,
+            discarded_txs,
+        } = scan;
+
+        let mut next_id = 1;
+        if let Some((id, data, valid)) = last {
+            next_id = id + 1;
+            if valid < SEGMENT_HEADER_LEN {
+                let p = format::segment_path(&dir, id);
+                fs::remove_file(&p).map_err(|e| JournalError::io("remove", &p, e))?;
+                sync_dir(&dir)?;
+            } else {
+                seal(&dir, id, &data[..valid])?;
+            }
+        }
+        debug_assert!(segments.iter().all(|s| *s < next_id));
+
+        let batch_limit = options.batch_limit();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                mode: Mode::Running,
+            }),
+            work: Condvar::new(),
+            space: Condvar::new(),
+            space_async: Notify::new(),
+            counters: Counters::default(),
+            epoch: options.epoch,
+            max_pending: options.max_pending_bytes,
+            batch_limit,
+        });
+        let active = Writer::create_segment(&dir, next_id, options.faults.as_deref())?;
+        let mut writer = Writer {
+            shared: shared.clone(),
+            dir: dir.clone(),
+            opts: options.clone(),
+            state,
+            active,
+            next_seq: max_seq + 1,
+            buf: Vec::with_capacity(batch_limit.min(1 << 20)),
+        };
+        writer.state.add_segment(next_id);
+        shared.counters.segments_created.fetch_add(1, Relaxed);
+
+        let mut first = vec![Record::EpochMarker {
+            epoch: options.epoch,
+        }];
+        first.extend(
+            discarded_txs
+                .iter()
+                .map(|&tx_id| Record::TxRollback { tx_id }),
+        );
+        writer.write_records(first.iter())?;
+        writer.state.dirty = true;
+        recovered.report.segments_reclaimed = writer.reclaim();
+        shared
+            .counters
+            .live_segments
+            .store(writer.state.segment_ids().len() as u64, Relaxed);
+        recovered.max_epoch = recovered.max_epoch.max(options.epoch);
+
+        let guard_shared = shared.clone();
+        let handle = thread::Builder::new()
+            .name("tandem-journal".into())
+            .spawn(move || {
+                let _guard = ExitGuard(guard_shared);
+                writer.run();
+            })
+            .map_err(|e| JournalError::io("spawn writer", &dir, e))?;
+        tracing::info!(
+            dir = %dir.display(),
+            epoch = options.epoch,
+            messages = recovered.messages.len(),
+            elapsed_ms = recovered.report.elapsed.as_millis() as u64,
+            "journal open"
+        );
+        Ok((
+            Journal {
+                shared,
+                writer: Mutex::new(Some(handle)),
+                dir,
+            },
+            recovered,
+        ))
+    }
+
+    fn prepare(&self, records: Vec<Record>) -> Result<(Submission, Completion), JournalError> {
+        let mut bytes = 0;
+        for r in &records {
+            r.validate()
+                .map_err(|e| JournalError::InvalidRecord(e.to_string()))?;
+            bytes += r.encoded_len();
+        }
+        if bytes + BATCH_HEADER_LEN > self.shared.batch_limit {
+            return Err(JournalError::TooLarge {
+                size: bytes + BATCH_HEADER_LEN,
+                max: self.shared.batch_limit,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        Ok((
+            Submission {
+                records,
+                bytes,
+                done: tx,
+            },
+            Completion { rx },
+        ))
+    }
+
+    /// Queues `sub` if there is room; gives it back if the queue is full.
+    fn try_push(&self, q: &mut Queue, sub: Submission) -> Result<Option<Submission>, JournalError> {
+        match &q.mode {
+            Mode::Running => {}
+            Mode::Closing => return Err(JournalError::Closed),
+            Mode::Stopped(e) => return Err(e.clone()),
+        }
+        // An empty queue always takes one append, so a large append cannot starve.
+        if q.pending_bytes > 0 && q.pending_bytes + sub.bytes > self.shared.max_pending {
+            return Ok(Some(sub));
+        }
+        q.pending_bytes += sub.bytes;
+        q.pending.push_back(sub);
+        self.shared.counters.appends.fetch_add(1, Relaxed);
+        self.shared.work.notify_one();
+        Ok(None)
+    }
+
+    /// Queues `records` as one atomic unit and returns its [`Completion`]. Blocks the calling
+    /// thread while the submission queue is full (backpressure); async callers use
+    /// [`Journal::append_async`].
+    pub fn append(&self, records: Vec<Record>) -> Result<Completion, JournalError> {
+        let (mut sub, done) = self.prepare(records)?;
+        let mut q = self.shared.lock();
+        loop {
+            match self.try_push(&mut q, sub)? {
+                None => return Ok(done),
+                Some(back) => {
+                    sub = back;
+                    q = self
+                        .shared
+                        .space
+                        .wait(q)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+
+    /// Like [`Journal::append`] but fails with [`JournalError::QueueFull`] instead of blocking.
+    pub fn try_append(&self, records: Vec<Record>) -> Result<Completion, JournalError> {
+        let (sub, done) = self.prepare(records)?;
+        let mut q = self.shared.lock();
+        match self.try_push(&mut q, sub)? {
+            None => Ok(done),
+            Some(_) => Err(JournalError::QueueFull),
+        }
+    }
+
+    /// Like [`Journal::append`] but waits for queue space asynchronously.
+    pub async fn append_async(&self, records: Vec<Record>) -> Result<Completion, JournalError> {
+        let (mut sub, done) = self.prepare(records)?;
+        loop {
+            // Created before the check so that a wake-up between check and await is not lost.
+            let space = self.shared.space_async.notified();
+            {
+                let mut q = self.shared.lock();
+                match self.try_push(&mut q, sub)? {
+                    None => return Ok(done),
+                    Some(back) => sub = back,
+                }
+            }
+            space.await;
+        }
+    }
+
+    /// Fences this writer: queued appends fail with [`JournalError::Fenced`], new appends are
+    /// refused, and once this returns the writer thread has stopped (a batch already being
+    /// written when it was called completes first, with its true outcome).
+    pub fn fence(&self) {
+        self.shared.stop(JournalError::Fenced {
+            ours: self.shared.epoch,
+            newer: None,
+        });
+        self.join();
+    }
+
+    /// Writes everything queued, then stops the writer. Later appends fail with `Closed`.
+    pub fn close(&self) {
+        {
+            let mut q = self.shared.lock();
+            if matches!(q.mode, Mode::Running) {
+                q.mode = Mode::Closing;
+            }
+        }
+        self.shared.work.notify_all();
+        self.join();
+    }
+
+    fn join(&self) {
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("journal writer thread panicked");
+        }
+    }
+
+    /// This writer's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> JournalStats {
+        let c = &self.shared.counters;
+        JournalStats {
+            appends: c.appends.load(Relaxed),
+            batches: c.batches.load(Relaxed),
+            records: c.records.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+            fsyncs: c.fsyncs.load(Relaxed),
+            failed_batches: c.failed_batches.load(Relaxed),
+            segments_created: c.segments_created.load(Relaxed),
+            segments_deleted: c.segments_deleted.load(Relaxed),
+            live_segments: c.live_segments.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

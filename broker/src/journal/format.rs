@@ -8,7 +8,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"TANDEMJ\0";
 /// The format version this build writes and the highest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Bytes of the segment header.
-pub const SEGMENT_HEADER_LEN: usize = 32;
+pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Batch frame magic ("TJB1" little endian); lets recovery tell "garbage" from "a valid batch
 /// further on" when it meets a bad batch.
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"TJB1");
@@ -35,14 +35,28 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub fn encode_segment_header(id: u64) -> [u8; SEGMENT_HEADER_LEN] {
+/// What a segment header says beyond its identity: the writer's epoch and the highest ids
+/// written in all earlier segments (so that ids are never reused even after every segment that
+/// held them was reclaimed: the newest segment always survives).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub epoch: u64,
+    pub max_msg_id: u64,
+    pub max_tx_id: u64,
+}
+
+pub fn encode_segment_header(id: u64, meta: SegmentMeta) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     // 12..16 flags, zero
     h[16..24].copy_from_slice(&id.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h[24..32].copy_from_slice(&meta.epoch.to_le_bytes());
+    h[32..40].copy_from_slice(&meta.max_msg_id.to_le_bytes());
+    h[40..48].copy_from_slice(&meta.max_tx_id.to_le_bytes());
+    // 48..60 reserved, zero
+    let crc = crc32c::crc32c(&h[0..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
@@ -55,15 +69,16 @@ pub enum HeaderError {
     WrongId(u64),
 }
 
-pub fn check_segment_header(buf: &[u8], id: u64) -> Result<(), HeaderError> {
+pub fn check_segment_header(buf: &[u8], id: u64) -> Result<SegmentMeta, HeaderError> {
     if buf.len() < SEGMENT_HEADER_LEN {
         return Err(HeaderError::Short);
     }
     if buf[0..8] != SEGMENT_MAGIC {
         return Err(HeaderError::BadMagic);
     }
-    let expected = u32::from_le_bytes(buf[24..28].try_into().unwrap());
-    let actual = crc32c::crc32c(&buf[0..24]);
+    let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().unwrap());
+    let expected = u32::from_le_bytes(buf[60..64].try_into().unwrap());
+    let actual = crc32c::crc32c(&buf[0..60]);
     if expected != actual {
         return Err(HeaderError::BadCrc { expected, actual });
     }
@@ -71,11 +86,15 @@ pub fn check_segment_header(buf: &[u8], id: u64) -> Result<(), HeaderError> {
     if version > FORMAT_VERSION || version == 0 {
         return Err(HeaderError::Version(version));
     }
-    let found = u64::from_le_bytes(buf[16..24].try_into().unwrap());
+    let found = u64_at(16);
     if found != id {
         return Err(HeaderError::WrongId(found));
     }
-    Ok(())
+    Ok(SegmentMeta {
+        epoch: u64_at(24),
+        max_msg_id: u64_at(32),
+        max_tx_id: u64_at(40),
+    })
 }
 
 /// Appends a batch frame holding the already-encoded `records` (`count` of them).
@@ -193,11 +212,24 @@ mod tests {
 
     #[test]
     fn segment_header_checks() {
-        let h = encode_segment_header(3);
+        let meta = SegmentMeta {
+            epoch: 2,
+            max_msg_id: 77,
+            max_tx_id: 5,
+        };
+        let h = encode_segment_header(3, meta);
         assert_eq!(&h[0..8], b"TANDEMJ\0");
-        assert_eq!(check_segment_header(&h, 3), Ok(()));
+        assert_eq!(&h[8..12], &1u32.to_le_bytes());
+        assert_eq!(&h[16..24], &3u64.to_le_bytes());
+        assert_eq!(&h[24..32], &2u64.to_le_bytes());
+        assert_eq!(&h[32..40], &77u64.to_le_bytes());
+        assert_eq!(&h[40..48], &5u64.to_le_bytes());
+        assert_eq!(&h[60..64], &crc32c::crc32c(&h[0..60]).to_le_bytes());
+        assert_eq!(check_segment_header(&h, 3), Ok(meta));
         assert_eq!(check_segment_header(&h, 4), Err(HeaderError::WrongId(3)));
-        assert_eq!(check_segment_header(&h[..31], 3), Err(HeaderError::Short));
+        for cut in 0..SEGMENT_HEADER_LEN {
+            assert_eq!(check_segment_header(&h[..cut], 3), Err(HeaderError::Short));
+        }
         let mut bad = h;
         bad[17] ^= 1;
         assert!(matches!(
@@ -206,8 +238,8 @@ mod tests {
         ));
         let mut newer = h;
         newer[8] = 2;
-        let crc = crc32c::crc32c(&newer[0..24]);
-        newer[24..28].copy_from_slice(&crc.to_le_bytes());
+        let crc = crc32c::crc32c(&newer[0..60]);
+        newer[60..64].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             check_segment_header(&newer, 3),
             Err(HeaderError::Version(2))

@@ -24,9 +24,10 @@
 //!
 //! ```text
 //! segment:
-//! +--------------------------- segment header (32 bytes) ---------------------------+
-//! | magic "TANDEMJ\0" (8) | version u32 = 1 | flags u32 = 0 | segment id u64 |
-//! | crc32c(bytes 0..24) u32 | reserved u32                                             |
+//! +--------------------------- segment header (64 bytes) ---------------------------+
+//! | 0 magic "TANDEMJ\0" (8) | 8 version u32 = 1 | 12 flags u32 = 0 | 16 segment id u64 |
+//! | 24 writer epoch u64 | 32 max msg_id in earlier segments u64 | 40 max tx_id ... u64 |
+//! | 48 reserved (12, zero) | 60 crc32c(bytes 0..60) u32                               |
 //! +----------------------------------------------------------------------------------+
 //! | batch | batch | batch | ...                                                      |
 //!

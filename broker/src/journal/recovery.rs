@@ -92,7 +92,11 @@ pub(crate) fn scan(dir: &Path, opts: &JournalOptions) -> Result<Scan, JournalErr
         rec.report.bytes += data.len() as u64;
 
         match check_segment_header(&data, id) {
-            Ok(()) => {}
+            Ok(meta) => {
+                max_epoch = max_epoch.max(meta.epoch);
+                state.max_msg_id = state.max_msg_id.max(meta.max_msg_id);
+                state.max_tx_id = state.max_tx_id.max(meta.max_tx_id);
+            }
             Err(HeaderError::Short) if is_last => {
                 // Crashed while creating the segment: nothing in it was ever confirmed.
                 tracing::warn!(segment = %path.display(), "torn segment header, segment dropped");

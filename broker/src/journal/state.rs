@@ -384,10 +384,13 @@ impl State {
 
     fn pending_op(&mut self, op: &RecordView<'_>, src: Option<&Bytes>) -> PendingOp {
         match op {
-            RecordView::AddMessage { msg_id, encoded } => PendingOp::AddMessage {
-                msg_id: *msg_id,
-                body: self.body_of(encoded, src),
-            },
+            RecordView::AddMessage { msg_id, encoded } => {
+                self.max_msg_id = self.max_msg_id.max(*msg_id);
+                PendingOp::AddMessage {
+                    msg_id: *msg_id,
+                    body: self.body_of(encoded, src),
+                }
+            }
             RecordView::AddRef { msg_id, queue } => PendingOp::AddRef {
                 msg_id: *msg_id,
                 queue: self.intern(queue),

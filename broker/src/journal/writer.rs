@@ -248,6 +248,7 @@ impl Writer {
     fn create_segment(
         dir: &Path,
         id: SegId,
+        meta: format::SegmentMeta,
         faults: Option<&dyn IoFaults>,
     ) -> Result<Segment, JournalError> {
         let path = format::segment_path(dir, id);
@@ -261,7 +262,7 @@ impl Writer {
             }
             Err(e) => return Err(JournalError::io("create", &path, e)),
         };
-        if let Err(e) = file.write_all_at(&format::encode_segment_header(id), 0) {
+        if let Err(e) = file.write_all_at(&format::encode_segment_header(id, meta), 0) {
             // Leave no half-made segment behind: the next attempt must be able to create it.
             let _ = fs::remove_file(&path);
             return Err(JournalError::io("write", &path, e));
@@ -276,8 +277,16 @@ impl Writer {
         })
     }
 
+    fn meta(&self) -> format::SegmentMeta {
+        format::SegmentMeta {
+            epoch: self.shared.epoch,
+            max_msg_id: self.state.max_msg_id,
+            max_tx_id: self.state.max_tx_id,
+        }
+    }
+
     fn roll(&mut self) -> Result<(), JournalError> {
-        let next = Self::create_segment(&self.dir, self.active.id + 1, self.faults())?;
+        let next = Self::create_segment(&self.dir, self.active.id + 1, self.meta(), self.faults())?;
         self.active = next;
         self.state.add_segment(self.active.id);
         // The sealed segment may already be dead (e.g. it held only acks).
@@ -520,7 +529,12 @@ impl Journal {
             max_pending: options.max_pending_bytes,
             batch_limit,
         });
-        let active = Writer::create_segment(&dir, next_id, options.faults.as_deref())?;
+        let meta = format::SegmentMeta {
+            epoch: options.epoch,
+            max_msg_id: state.max_msg_id,
+            max_tx_id: state.max_tx_id,
+        };
+        let active = Writer::create_segment(&dir, next_id, meta, options.faults.as_deref())?;
         let mut writer = Writer {
             shared: shared.clone(),
             dir: dir.clone(),

@@ -242,3 +242,6 @@ pub struct RecoveryReport {
     pub segments_reclaimed: usize,
     pub elapsed: Duration,
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -75,19 +78,41 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegId>, JournalError> {
 pub(crate) fn scan(dir: &Path, opts: &JournalOptions) -> Result<Scan, JournalError> {
     let started = Instant::now();
     let ids = list_segments(dir)?;
+    // A reader thread reads segment i+1 (one large read) while segment i is being applied.
+    let (tx, rx) = mpsc::sync_channel::<(SegId, PathBuf, io::Result<Vec<u8>>)>(1);
+    thread::scope(|s| {
+        let to_read = ids.clone();
+        s.spawn(move || {
+            for id in to_read {
+                let path = format::segment_path(dir, id);
+                let data = fs::read(&path);
+                if tx.send((id, path, data)).is_err() {
+                    break; // the scan stopped early
+                }
+            }
+        });
+        apply_segments(ids.len(), rx, opts, started)
+    })
+}
+
+fn apply_segments(
+    count: usize,
+    segments_read: mpsc::Receiver<(SegId, PathBuf, io::Result<Vec<u8>>)>,
+    opts: &JournalOptions,
+    started: Instant,
+) -> Result<Scan, JournalError> {
     let mut state = State::new(opts.dup_ids_per_producer, true);
     let mut rec = Recovered::default();
     let mut seg_sizes: HashMap<SegId, usize> = HashMap::new();
-    let mut segments = Vec::with_capacity(ids.len());
+    let mut segments = Vec::with_capacity(count);
     let mut last = None;
     let mut max_epoch = 0u64;
     let mut max_seq = 0u64;
 
-    for (idx, &id) in ids.iter().enumerate() {
-        let is_last = idx + 1 == ids.len();
-        let path: PathBuf = format::segment_path(dir, id);
+    for (idx, (id, path, read)) in segments_read.into_iter().enumerate() {
+        let is_last = idx + 1 == count;
         // One large read per segment; bodies are then zero-copy slices of it.
-        let data = Bytes::from(fs::read(&path).map_err(|e| JournalError::io("read", &path, e))?);
+        let data = Bytes::from(read.map_err(|e| JournalError::io("read", &path, e))?);
         rec.report.segments += 1;
         rec.report.bytes += data.len() as u64;
 

@@ -131,11 +131,15 @@ fn append(c: &mut Criterion) {
         let msgs = (s.records - before.records) / 2;
         eprintln!(
             "journal_append/{name}: {msgs} msgs in {batches} batches, avg {:.1} msgs/batch, \
-             {:.0} fsyncs/s, {:.0} msg/s, {:.0} MiB/s",
+             {:.0} fsyncs/s, {:.0} msg/s, {:.0} MiB/s, writer: {:?} in write, {:?} in sync, \
+             over {:?} measured",
             msgs as f64 / batches.max(1) as f64,
             fsyncs as f64 / busy.as_secs_f64(),
             msgs as f64 / busy.as_secs_f64(),
             (s.bytes - before.bytes) as f64 / busy.as_secs_f64() / (1 << 20) as f64,
+            s.write_time - before.write_time,
+            s.sync_time - before.sync_time,
+            busy,
         );
         drop(j);
     }

@@ -382,3 +382,59 @@ fn fence_fails_appends_queued_behind_a_slow_sync() {
     first.wait().unwrap();
     assert!(j.append(add(3)).unwrap_err().is_fenced());
 }
+
+#[test]
+fn debris_of_a_failed_write_never_ends_up_mid_journal_when_the_segment_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let j = faulty(dir.path(), &disk, 2048);
+    let mut ok = Vec::new();
+    let mut id = 1;
+    while len(&newest_segment(dir.path())) < 1200 {
+        put(&j, id);
+        ok.push(id);
+        id += 1;
+    }
+    // A partial write leaves debris after the last good batch...
+    disk.partial.store(60, Ordering::SeqCst);
+    disk.full.store(true, Ordering::SeqCst);
+    assert!(j.append(add(500)).unwrap().wait().is_err());
+    disk.full.store(false, Ordering::SeqCst);
+    // ...and the next append does not fit, so the writer moves to a new segment.
+    let big: Vec<Record> = (600..620).flat_map(add).collect();
+    j.append(big).unwrap().wait().unwrap();
+    ok.extend(600..620);
+    assert!(j.stats().segments_created >= 2);
+    drop(j);
+    let (_j, r) = open(dir.path()).unwrap();
+    assert_eq!(ids(&r), ok);
+}
+
+#[test]
+fn a_failed_roll_after_cutting_debris_keeps_writing_to_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let j = faulty(dir.path(), &disk, 2048);
+    let mut ok = Vec::new();
+    let mut id = 1;
+    while len(&newest_segment(dir.path())) < 1200 {
+        put(&j, id);
+        ok.push(id);
+        id += 1;
+    }
+    disk.partial.store(60, Ordering::SeqCst);
+    disk.full.store(true, Ordering::SeqCst);
+    assert!(j.append(add(500)).unwrap().wait().is_err());
+    disk.full.store(false, Ordering::SeqCst);
+    // The roll cuts the debris, then cannot create the next segment.
+    disk.create_fails.store(true, Ordering::SeqCst);
+    let big: Vec<Record> = (600..620).flat_map(add).collect();
+    assert!(j.append(big).unwrap().wait().is_err());
+    // A small append still fits in the current segment and must really land there.
+    put(&j, 700);
+    ok.push(700);
+    disk.create_fails.store(false, Ordering::SeqCst);
+    drop(j);
+    let (_j, r) = open(dir.path()).unwrap();
+    assert_eq!(ids(&r), ok);
+}

@@ -57,7 +57,9 @@
 //! segment (never appends to an existing file) whose first batch is an
 //! [`Record::EpochMarker`]. A failed write or sync (e.g. ENOSPC) fails that batch's completions;
 //! the next batch is written at the same offset, overwriting whatever partial bytes the failed
-//! one left, so the writer keeps going once space returns.
+//! one left, so the writer keeps going once space returns. If the writer must move to a new
+//! segment while such debris is still there, it first seals the segment (valid prefix to
+//! `.tmp`, rename), so debris never sits in the middle of the journal.
 //!
 //! # Recovery rules (at open)
 //!

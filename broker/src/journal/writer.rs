@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -57,6 +58,8 @@ struct Counters {
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
     live_segments: AtomicU64,
+    write_nanos: AtomicU64,
+    sync_nanos: AtomicU64,
 }
 
 struct Shared {
@@ -121,6 +124,10 @@ pub struct JournalStats {
     pub segments_deleted: u64,
     /// Segments currently on disk (as the writer accounts them).
     pub live_segments: u64,
+    /// Time the writer spent in `write` calls (encoding excluded).
+    pub write_time: Duration,
+    /// Time the writer spent in `fdatasync` (plus `sync_delay`).
+    pub sync_time: Duration,
 }
 
 impl JournalStats {
@@ -210,6 +217,12 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 fn seal(dir: &Path, id: SegId, valid: &[u8]) -> Result<(), JournalError> {
     let path = format::segment_path(dir, id);
     let tmp = dir.join(format!("{}.tmp", format::segment_file_name(id)));
+    // A leftover of an earlier failed seal (e.g. the disk was full) is ours to replace.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(JournalError::io("remove", &tmp, e)),
+    }
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -236,6 +249,9 @@ struct Writer {
     opts: JournalOptions,
     state: State,
     active: Segment,
+    /// End of bytes a failed write or sync may have left after `active.offset` (0: none).
+    /// They are overwritten by the next batches; if the segment is left first, it is sealed.
+    debris_end: u64,
     next_seq: u64,
     buf: Vec<u8>,
 }
@@ -286,6 +302,22 @@ impl Writer {
     }
 
     fn roll(&mut self) -> Result<(), JournalError> {
+        if self.debris_end > self.active.offset {
+            // Debris after the last good batch would become corruption in the middle of the
+            // journal once a newer segment exists: cut it off first.
+            let path = &self.active.path;
+            let data = fs::read(path).map_err(|e| JournalError::io("read", path, e))?;
+            let keep = (self.active.offset as usize).min(data.len());
+            seal(&self.dir, self.active.id, &data[..keep])?;
+            // The rename replaced the file: our descriptor points at the old inode now. If
+            // creating the next segment fails we stay here, so write through the new file.
+            self.active.file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| JournalError::io("open", path, e))?;
+            tracing::warn!(segment = %path.display(), offset = keep, "cut debris of a failed write");
+            self.debris_end = 0;
+        }
         let next = Self::create_segment(&self.dir, self.active.id + 1, self.meta(), self.faults())?;
         self.active = next;
         self.state.add_segment(self.active.id);
@@ -307,6 +339,7 @@ impl Writer {
             self.roll()?;
         }
         let seg = &self.active;
+        let t0 = Instant::now();
         // Positional write at our own offset: after a failed (partial) write the next batch
         // lands on the same offset and overwrites the debris.
         let fault = self
@@ -314,29 +347,46 @@ impl Writer {
             .faults
             .as_deref()
             .and_then(|f| f.on_write(&seg.path, seg.offset, self.buf.len()));
-        match fault {
+        let end = seg.offset + len;
+        let written = match fault {
             Some((n, e)) => {
                 let n = n.min(self.buf.len());
                 let _ = seg.file.write_all_at(&self.buf[..n], seg.offset);
-                return Err(JournalError::io("write", &seg.path, e));
+                Err(JournalError::io("write", &seg.path, e))
             }
             None => seg
                 .file
                 .write_all_at(&self.buf, seg.offset)
-                .map_err(|e| JournalError::io("write", &seg.path, e))?,
+                .map_err(|e| JournalError::io("write", &seg.path, e)),
+        };
+        let t1 = Instant::now();
+        let synced = written.and_then(|()| {
+            if let Some(e) = self.faults().and_then(|f| f.on_sync(&seg.path)) {
+                return Err(JournalError::io("fdatasync", &seg.path, e));
+            }
+            seg.file
+                .sync_data()
+                .map_err(|e| JournalError::io("fdatasync", &seg.path, e))
+        });
+        if let Err(e) = synced {
+            // Some of the batch may be in the file (or in the page cache, after a failed sync).
+            self.debris_end = self.debris_end.max(end);
+            return Err(e);
         }
-        if let Some(e) = self.faults().and_then(|f| f.on_sync(&seg.path)) {
-            return Err(JournalError::io("fdatasync", &seg.path, e));
-        }
-        seg.file
-            .sync_data()
-            .map_err(|e| JournalError::io("fdatasync", &seg.path, e))?;
         self.shared.counters.fsyncs.fetch_add(1, Relaxed);
         if !self.opts.sync_delay.is_zero() {
             // EFS-latency emulation for benchmarks only.
             thread::sleep(self.opts.sync_delay);
         }
-        self.active.offset += len;
+        let c = &self.shared.counters;
+        c.write_nanos
+            .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
+        c.sync_nanos
+            .fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
+        self.active.offset = end;
+        if end >= self.debris_end {
+            self.debris_end = 0;
+        }
         Ok(())
     }
 
@@ -541,6 +591,7 @@ impl Journal {
             opts: options.clone(),
             state,
             active,
+            debris_end: 0,
             next_seq: max_seq + 1,
             buf: Vec::with_capacity(batch_limit.min(1 << 20)),
         };
@@ -738,6 +789,8 @@ impl Journal {
             segments_created: c.segments_created.load(Relaxed),
             segments_deleted: c.segments_deleted.load(Relaxed),
             live_segments: c.live_segments.load(Relaxed),
+            write_time: Duration::from_nanos(c.write_nanos.load(Relaxed)),
+            sync_time: Duration::from_nanos(c.sync_nanos.load(Relaxed)),
         }
     }
 }

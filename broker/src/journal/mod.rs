@@ -238,7 +238,8 @@ pub struct RecoveryReport {
     pub skipped: Vec<CorruptRegion>,
     /// Transactions that were neither prepared nor decided; rolled back.
     pub discarded_txs: Vec<u64>,
-    /// Refs, acks or counts naming an unknown message or queue (ignored).
+    /// Refs, acks or counts naming an unknown message or queue, ignored. Normal in small
+    /// numbers: an ack outlives the segment of the message it acked (see the reclaim rule).
     pub anomalies: u64,
     /// Segments deleted by the reclaim sweep at open.
     pub segments_reclaimed: usize,

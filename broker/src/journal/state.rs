@@ -571,8 +571,8 @@ impl State {
         self.segs.remove(&id);
     }
 
-    /// Ends recovery: discards transactions that were never prepared (returned, so the writer can
-    /// record their rollback), drops messages with no live ref, and hands out the live state.
+    /// Ends recovery: lists transactions that were never prepared (the writer records their
+    /// rollback), drops messages with no live ref, and hands out the live state.
     /// Bodies from segments that are mostly dead are copied so that they do not keep whole
     /// segment buffers alive.
     pub(crate) fn finish_recovery(
@@ -580,20 +580,14 @@ impl State {
         seg_sizes: &HashMap<SegId, usize>,
         out: &mut Recovered,
     ) -> Vec<u64> {
-        let mut discarded = Vec::new();
-        let undecided: Vec<u64> = self
+        // Left in `txs` on purpose: the writer's first batch holds a `TxRollback` for each, and
+        // applying it settles them with the usual `need`s (the rollback outlives the ops).
+        let mut discarded: Vec<u64> = self
             .txs
             .iter()
             .filter(|(_, t)| t.prepared_seg.is_none())
             .map(|(id, _)| *id)
             .collect();
-        for id in undecided {
-            let tx = self.txs.remove(&id).unwrap();
-            for (s, _) in &tx.ops {
-                self.dec(*s);
-            }
-            discarded.push(id);
-        }
         discarded.sort_unstable();
 
         let orphans: Vec<u64> = self
@@ -664,6 +658,7 @@ impl State {
         let mut prepared: Vec<PreparedTx> = self
             .txs
             .iter()
+            .filter(|(_, tx)| tx.prepared_seg.is_some())
             .map(|(id, tx)| PreparedTx {
                 tx_id: *id,
                 ops: tx.ops.iter().map(|(_, op)| op.to_record()).collect(),
@@ -780,6 +775,56 @@ mod tests {
             None,
         );
         assert_eq!(st.next_reclaimable(3), None);
+    }
+
+    #[test]
+    fn a_commit_outlives_the_ops_it_commits_and_pending_ops_pin_their_segment() {
+        let mut st = State::new(4, false);
+        for s in 1..=4 {
+            st.add_segment(s);
+        }
+        let op = RecordView::AddMessage {
+            msg_id: 1,
+            encoded: b"b",
+        };
+        st.apply(
+            1,
+            &RecordView::Tx {
+                tx_id: 9,
+                op: Box::new(op),
+            },
+            None,
+        );
+        let op = RecordView::AddRef {
+            msg_id: 1,
+            queue: "q",
+        };
+        st.apply(
+            1,
+            &RecordView::Tx {
+                tx_id: 9,
+                op: Box::new(op),
+            },
+            None,
+        );
+        assert_eq!(st.next_reclaimable(4), None, "undecided tx pins segment 1");
+        st.apply(2, &RecordView::TxCommit { tx_id: 9 }, None);
+        // Message 1 is live in segment 1; the commit in segment 2 needs segment 1.
+        assert_eq!(st.live_count(1), Some(2));
+        assert_eq!(st.next_reclaimable(4), None);
+        st.apply(
+            3,
+            &RecordView::AckRef {
+                msg_id: 1,
+                queue: "q",
+            },
+            None,
+        );
+        assert_eq!(st.next_reclaimable(4), Some(1));
+        st.remove_segment(1);
+        assert_eq!(st.next_reclaimable(4), Some(2));
+        st.remove_segment(2);
+        assert_eq!(st.next_reclaimable(4), Some(3));
     }
 
     #[test]

@@ -780,38 +780,30 @@ mod tests {
     #[test]
     fn a_commit_outlives_the_ops_it_commits_and_pending_ops_pin_their_segment() {
         let mut st = State::new(4, false);
-        for s in 1..=4 {
-            st.add_segment(s);
-        }
-        let op = RecordView::AddMessage {
+        st.add_segment(1);
+        st.add_segment(2);
+        let add = RecordView::AddMessage {
             msg_id: 1,
             encoded: b"b",
         };
-        st.apply(
-            1,
-            &RecordView::Tx {
-                tx_id: 9,
-                op: Box::new(op),
-            },
-            None,
-        );
-        let op = RecordView::AddRef {
+        let add_ref = RecordView::AddRef {
             msg_id: 1,
             queue: "q",
         };
-        st.apply(
-            1,
-            &RecordView::Tx {
+        for op in [add, add_ref] {
+            let tx = RecordView::Tx {
                 tx_id: 9,
                 op: Box::new(op),
-            },
-            None,
-        );
-        assert_eq!(st.next_reclaimable(4), None, "undecided tx pins segment 1");
+            };
+            st.apply(1, &tx, None);
+        }
+        assert_eq!(st.next_reclaimable(2), None, "undecided tx pins segment 1");
         st.apply(2, &RecordView::TxCommit { tx_id: 9 }, None);
         // Message 1 is live in segment 1; the commit in segment 2 needs segment 1.
         assert_eq!(st.live_count(1), Some(2));
-        assert_eq!(st.next_reclaimable(4), None);
+        assert_eq!(st.live_count(2), Some(0));
+        st.add_segment(3);
+        assert_eq!(st.next_reclaimable(3), None);
         st.apply(
             3,
             &RecordView::AckRef {

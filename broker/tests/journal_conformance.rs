@@ -480,3 +480,18 @@ fn oversized_and_invalid_appends_are_refused() {
         Err(JournalError::InvalidRecord(_))
     ));
 }
+
+#[test]
+fn handles_and_futures_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = reopen(dir.path(), 1);
+    send_sync(&j);
+    let fut = j.append_async(add(1, &["q"]));
+    send(&fut);
+    drop(fut);
+    let c = j.append(add(2, &["q"])).unwrap();
+    send(&c);
+    c.wait().unwrap();
+}

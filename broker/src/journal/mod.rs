@@ -103,6 +103,41 @@
 //! EFS). Compaction of sparse segments (rewriting live records forward) is not implemented: a
 //! single long-lived message pins its whole segment.
 //!
+//! # Using it
+//!
+//! ```
+//! use bytes::Bytes;
+//! use tandem_broker::journal::{Journal, JournalOptions, Record};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let (journal, recovered) = Journal::open(dir.path(), JournalOptions::new(1)).unwrap();
+//! assert!(recovered.messages.is_empty());
+//! let id = recovered.max_msg_id + 1;
+//! let done = journal
+//!     .append(vec![
+//!         Record::AddMessage { msg_id: id, encoded: Bytes::from_static(b"hello") },
+//!         Record::AddRef { msg_id: id, queue: "orders".into() },
+//!     ])
+//!     .unwrap();
+//! done.wait().unwrap(); // durable now: confirm to the producer (or `.await` it)
+//! drop(journal);
+//!
+//! let (_journal, recovered) = Journal::open(dir.path(), JournalOptions::new(1)).unwrap();
+//! assert_eq!(recovered.messages[0].encoded, Bytes::from_static(b"hello"));
+//! assert_eq!(&*recovered.messages[0].refs[0].queue, "orders");
+//! ```
+//!
+//! What the broker must know:
+//! - One `append` is atomic (all its records survive a crash or none do) and is never split.
+//!   A local JMS transaction can therefore be written as one append without `Tx` records;
+//!   `Tx`/`TxPrepare`/`TxCommit` are for transactions whose records are written over time (XA).
+//! - Completions resolve in batch order; `Ok(seq)` carries the batch sequence number.
+//! - Ids are the broker's: allocate `msg_id`s above [`Recovered::max_msg_id`] and `tx_id`s above
+//!   [`Recovered::max_tx_id`], never reuse them.
+//! - Acks that the journal cannot match (unknown message or queue) are ignored, not errors.
+//! - After [`Journal::fence`] or a failed open with [`JournalError::Fenced`], the lane must stop
+//!   serving: nothing it appends becomes durable.
+//!
 //! # Tests without a disk?
 //!
 //! There is no in-memory variant: the journal's API is the same whatever the medium, and a

@@ -93,15 +93,34 @@
 //! message has a live ref, a live `AddRef`, the latest `DeliveryCount`/`ScheduledDelivery` of a
 //! live ref, the latest non-deleted `Destination`/`Subscription` per name, a `DupId` still in the
 //! cache, the newest `EpochMarker`, and ops/prepares of undecided transactions. Each segment
-//! also has a set of segments it *needs*: a record that cancels or completes a record in
+//! also has a set of segments it *needs*: a record that cancels, completes or copies a record in
 //! another segment (an `AckRef` for an `AddRef`, a deleting or replacing `Destination` or
-//! `Subscription`, a `TxCommit`/`TxRollback` for the tx's ops and prepare) makes its segment need
-//! that other one. **A segment other than the active one is deleted when its live count is zero
-//! and every segment it needs is already deleted.** So an `AckRef` outlives the `AddRef` it
-//! cancels (no resurrection at recovery), and a `TxCommit` outlives its ops. Deleting is an
-//! unlink plus a directory fsync on the writer thread after a batch (one extra sync; a few ms on
-//! EFS). Compaction of sparse segments (rewriting live records forward) is not implemented: a
-//! single long-lived message pins its whole segment.
+//! `Subscription`, a `TxCommit`/`TxRollback` for the tx's ops and prepare, a compaction copy for
+//! its original) makes its segment need that other one. **A segment other than the active one
+//! is deleted when its live count is zero and every segment it needs is already deleted.** So an
+//! `AckRef` outlives the `AddRef` it cancels (no resurrection at recovery), and a `TxCommit`
+//! outlives its ops. Deleting is an unlink plus a directory fsync on the writer thread after a
+//! batch (one extra sync; a few ms on EFS). The newest segment is never deleted, and its header
+//! carries the highest message and transaction ids of all earlier segments, so ids are never
+//! reused even when every segment that held them is gone.
+//!
+//! # Compaction
+//!
+//! A single long-lived message would otherwise pin its whole segment. Every few batches the
+//! writer looks for a sealed segment where fewer than 1/[`JournalOptions::compaction_ratio`] of
+//! the records written are still live, that holds nothing compaction does not move
+//! (destinations, subscriptions, dup ids, undecided transactions) and whose needed segments are
+//! gone. A compactor thread reads that segment (off the writer thread) and lists its bodies and
+//! refs. The writer then re-appends, in chunks of at most 512 KiB interleaved with ordinary
+//! batches, each message whose `AddMessage` is in that segment with all its live refs, counts
+//! and schedules, plus refs/counts of other messages that live there, and the epoch marker if it
+//! is there. Each chunk is filtered against the live state just before it is written, so an ack
+//! that raced with the read is never undone. Recovery treats a second `AddMessage`/`AddRef` for
+//! a live message/ref as "it moved here"; the old segment then has nothing live and is reclaimed
+//! (the copy needs it, so the copy can never be deleted first). Appends wait for at most one
+//! chunk (one write and sync of ≤ 512 KiB). Space stays within about `compaction_ratio` times
+//! the live records; records are counted, not bytes, so a segment of live large bodies and dead
+//! small acks is compacted later than its bytes would suggest.
 //!
 //! # Using it
 //!
@@ -196,6 +215,12 @@ pub struct JournalOptions {
     pub skip_corrupt: bool,
     /// Duplicate-detection entries kept per producer (default 1024).
     pub dup_ids_per_producer: usize,
+    /// Copy the live records of mostly-dead segments forward so that those segments can be
+    /// deleted (default true). See "Compaction" in the module docs.
+    pub compaction: bool,
+    /// A segment is compacted when fewer than 1/`compaction_ratio` of the records written in it
+    /// are still live (default 4, at least 2). Higher: less rewriting, more disk.
+    pub compaction_ratio: u32,
     /// Test hook to inject I/O errors.
     pub faults: Option<Arc<dyn IoFaults>>,
 }
@@ -210,6 +235,8 @@ impl JournalOptions {
             sync_delay: Duration::ZERO,
             skip_corrupt: false,
             dup_ids_per_producer: 1024,
+            compaction: true,
+            compaction_ratio: 4,
             faults: None,
         }
     }
@@ -238,6 +265,8 @@ impl fmt::Debug for JournalOptions {
             .field("sync_delay", &self.sync_delay)
             .field("skip_corrupt", &self.skip_corrupt)
             .field("dup_ids_per_producer", &self.dup_ids_per_producer)
+            .field("compaction", &self.compaction)
+            .field("compaction_ratio", &self.compaction_ratio)
             .field("faults", &self.faults.is_some())
             .finish()
     }

@@ -224,6 +224,7 @@ fn apply_segments(
                     at += used;
                     n += 1;
                 }
+                state.note_written(id, u64::from(n));
                 if n != h.count {
                     return Err(corrupt(
                         &path,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::record::{RecordView, SubscriptionRecord};
+use super::record::{Record, RecordView, SubscriptionRecord};
 
 pub(crate) type SegId = u64;
 
@@ -182,6 +182,11 @@ struct PendingTx {
 #[derive(Debug, Default)]
 struct SegInfo {
     live: u64,
+    /// Records ever applied in this segment (for the compaction ratio).
+    written: u64,
+    /// Live records that compaction does not move (destinations, subscriptions, dup ids,
+    /// undecided transactions): a segment with any is not compacted.
+    special: u64,
     /// Older (or, for tx ops, other) segments that must be gone before this one may go.
     needs: Vec<SegId>,
 }
@@ -255,6 +260,24 @@ impl State {
         }
     }
 
+    fn inc_special(&mut self, seg: SegId) {
+        let s = self.segs.entry(seg).or_default();
+        s.live += 1;
+        s.special += 1;
+    }
+
+    fn dec_special(&mut self, seg: SegId) {
+        if let Some(s) = self.segs.get_mut(&seg) {
+            s.special = s.special.saturating_sub(1);
+        }
+        self.dec(seg);
+    }
+
+    /// `n` more records were applied in `seg` (called once per batch).
+    pub(crate) fn note_written(&mut self, seg: SegId, n: u64) {
+        self.segs.entry(seg).or_default().written += n;
+    }
+
     /// `seg` holds a record that cancels or completes one in `other`.
     fn need(&mut self, seg: SegId, other: SegId) {
         if seg == other {
@@ -301,22 +324,22 @@ impl State {
                 deleted,
             } => {
                 if let Some((_, old)) = self.dests.remove(*name) {
-                    self.dec(old);
+                    self.dec_special(old);
                     self.need(seg, old);
                 }
                 if !deleted {
                     self.dests.insert((*name).to_owned(), (*kind, seg));
-                    self.inc(seg);
+                    self.inc_special(seg);
                 }
             }
             RecordView::Subscription(s) => {
                 if let Some((_, old)) = self.subs.remove(&s.queue) {
-                    self.dec(old);
+                    self.dec_special(old);
                     self.need(seg, old);
                 }
                 if !s.deleted {
                     self.subs.insert(s.queue.clone(), (s.clone(), seg));
-                    self.inc(seg);
+                    self.inc_special(seg);
                 }
             }
             RecordView::DupId { producer, seq } => self.dup_id(seg, producer, *seq),
@@ -336,14 +359,14 @@ impl State {
                 let op = self.pending_op(op, src);
                 self.txs.entry(*tx_id).or_default().ops.push((seg, op));
                 // A pending op pins its segment until the transaction is decided.
-                self.inc(seg);
+                self.inc_special(seg);
             }
             RecordView::TxPrepare { tx_id } => {
                 self.max_tx_id = self.max_tx_id.max(*tx_id);
                 let tx = self.txs.entry(*tx_id).or_default();
                 if tx.prepared_seg.is_none() {
                     tx.prepared_seg = Some(seg);
-                    self.inc(seg);
+                    self.inc_special(seg);
                 }
             }
             RecordView::TxCommit { tx_id } => {
@@ -367,11 +390,11 @@ impl State {
     /// Unpins a decided transaction's records; the decision (in `seg`) must outlive them.
     fn settle(&mut self, seg: SegId, tx: &PendingTx) {
         for (op_seg, _) in &tx.ops {
-            self.dec(*op_seg);
+            self.dec_special(*op_seg);
             self.need(seg, *op_seg);
         }
         if let Some(p) = tx.prepared_seg {
-            self.dec(p);
+            self.dec_special(p);
             self.need(seg, p);
         }
     }
@@ -445,8 +468,16 @@ impl State {
 
     fn add_message(&mut self, seg: SegId, msg_id: u64, body: Option<Bytes>) {
         self.max_msg_id = self.max_msg_id.max(msg_id);
-        if self.msgs.contains_key(&msg_id) {
-            self.anomalies += 1;
+        if let Some(m) = self.msgs.get_mut(&msg_id) {
+            // A copy written by compaction: the message now lives here. The copy must not
+            // outlive the original (or the original would come back after the copy's acks).
+            let old = std::mem::replace(&mut m.seg, seg);
+            if body.is_some() {
+                m.body = body;
+            }
+            self.dec(old);
+            self.inc(seg);
+            self.need(seg, old);
             return;
         }
         self.msgs.insert(
@@ -466,7 +497,12 @@ impl State {
             return;
         };
         if m.refs.iter().any(|r| &*r.queue == queue) {
-            self.anomalies += 1;
+            // A copy written by compaction: the ref now lives here (see `add_message`).
+            let r = self.find_ref(msg_id, queue).unwrap();
+            let old = std::mem::replace(&mut r.seg, seg);
+            self.dec(old);
+            self.inc(seg);
+            self.need(seg, old);
             return;
         }
         let queue = self.intern(queue);
@@ -551,9 +587,9 @@ impl State {
         };
         q.push_back((seq, seg));
         let evicted = if q.len() > limit { q.pop_front() } else { None };
-        self.inc(seg);
+        self.inc_special(seg);
         if let Some((_, old)) = evicted {
-            self.dec(old);
+            self.dec_special(old);
         }
     }
 
@@ -565,6 +601,89 @@ impl State {
             (*id < active && s.live == 0 && s.needs.iter().all(|n| !self.segs.contains_key(n)))
                 .then_some(*id)
         })
+    }
+
+    /// A sealed segment worth compacting: mostly dead (live records below 1/`ratio` of those
+    /// written), nothing in it that compaction cannot move, and nothing that keeps it from being
+    /// deleted once its live records are copied forward.
+    pub(crate) fn compaction_candidate(&self, active: SegId, ratio: u64) -> Option<SegId> {
+        self.segs.iter().find_map(|(id, s)| {
+            (*id < active
+                && s.live > 0
+                && s.special == 0
+                && s.live * ratio < s.written
+                && s.needs.iter().all(|n| !self.segs.contains_key(n)))
+            .then_some(*id)
+        })
+    }
+
+    /// The records that move everything still live in `seg` forward: each live message whose
+    /// body is in `seg` with all its refs, and each live ref whose `AddRef`, count or schedule is
+    /// in `seg`. `bodies` and `refs` are what the compactor found in the segment file; the live
+    /// state decides what is still worth copying, so acks that raced with the read win.
+    pub(crate) fn compaction_records(
+        &self,
+        seg: SegId,
+        bodies: &[(u64, Bytes)],
+        refs: &[(u64, String)],
+    ) -> Vec<Record> {
+        fn push_ref(out: &mut Vec<Record>, msg_id: u64, r: &RefEntry) {
+            out.push(Record::AddRef {
+                msg_id,
+                queue: r.queue.to_string(),
+            });
+            if r.count_seg.is_some() {
+                out.push(Record::DeliveryCount {
+                    msg_id,
+                    queue: r.queue.to_string(),
+                    count: r.count,
+                });
+            }
+            if let (Some(at), Some(_)) = (r.deliver_at, r.deliver_at_seg) {
+                out.push(Record::ScheduledDelivery {
+                    msg_id,
+                    queue: r.queue.to_string(),
+                    deliver_at_ms: at,
+                });
+            }
+        }
+        let mut out = Vec::new();
+        if self.epoch_seg == Some(seg) {
+            out.push(Record::EpochMarker { epoch: self.epoch });
+        }
+        let mut moved: HashSet<u64, FastBuild> = HashSet::default();
+        for (msg_id, body) in bodies {
+            let Some(m) = self.msgs.get(msg_id) else {
+                continue;
+            };
+            if m.seg != seg || !moved.insert(*msg_id) {
+                continue;
+            }
+            out.push(Record::AddMessage {
+                msg_id: *msg_id,
+                encoded: body.clone(),
+            });
+            for r in &m.refs {
+                push_ref(&mut out, *msg_id, r);
+            }
+        }
+        let mut done: HashSet<(u64, &str), FastBuild> = HashSet::default();
+        for (msg_id, queue) in refs {
+            if moved.contains(msg_id) || !done.insert((*msg_id, queue.as_str())) {
+                continue;
+            }
+            let Some(r) = self
+                .msgs
+                .get(msg_id)
+                .and_then(|m| m.refs.iter().find(|r| &*r.queue == queue.as_str()))
+            else {
+                continue;
+            };
+            if r.seg == seg || r.count_seg == Some(seg) || r.deliver_at_seg == Some(seg) {
+                push_ref(&mut out, *msg_id, r);
+            }
+        }
+        out
     }
 
     pub(crate) fn remove_segment(&mut self, id: SegId) {
@@ -817,6 +936,67 @@ mod tests {
         assert_eq!(st.next_reclaimable(4), Some(2));
         st.remove_segment(2);
         assert_eq!(st.next_reclaimable(4), Some(3));
+    }
+
+    #[test]
+    fn compaction_copies_only_what_is_live_and_the_copy_moves_the_accounting() {
+        let mut st = State::new(4, false);
+        for s in 1..=3 {
+            st.add_segment(s);
+        }
+        add(&mut st, 1, 10, "q");
+        add(&mut st, 1, 11, "q");
+        st.apply(
+            1,
+            &RecordView::DeliveryCount {
+                msg_id: 11,
+                queue: "q",
+                count: 4,
+            },
+            None,
+        );
+        st.apply(
+            2,
+            &RecordView::AckRef {
+                msg_id: 10,
+                queue: "q",
+            },
+            None,
+        );
+        let body = Bytes::from_static(b"b");
+        let bodies = vec![(10, body.clone()), (11, body.clone())];
+        let refs = vec![(10, "q".to_string()), (11, "q".to_string())];
+        let copy = st.compaction_records(1, &bodies, &refs);
+        assert_eq!(
+            copy,
+            vec![
+                Record::AddMessage {
+                    msg_id: 11,
+                    encoded: body
+                },
+                Record::AddRef {
+                    msg_id: 11,
+                    queue: "q".into()
+                },
+                Record::DeliveryCount {
+                    msg_id: 11,
+                    queue: "q".into(),
+                    count: 4
+                },
+            ],
+            "message 10 was acked: not copied"
+        );
+        for r in &copy {
+            st.apply(3, &r.view(), None);
+        }
+        assert_eq!(st.live_count(1), Some(0));
+        assert_eq!(st.live_count(3), Some(3));
+        // Segment 2 (the ack) needs 1; the copy in 3 needs 1 too: 1 goes first.
+        assert_eq!(st.next_reclaimable(4), Some(1));
+        st.remove_segment(1);
+        assert_eq!(st.next_reclaimable(4), Some(2));
+        // A second pass finds nothing left to copy.
+        assert!(st.compaction_records(1, &bodies, &refs).is_empty());
     }
 
     #[test]

@@ -11,16 +11,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
 use super::error::JournalError;
 use super::format::{self, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
-use super::record::Record;
+use super::record::{Record, RecordView};
 use super::recovery;
 use super::state::{Recovered, SegId, State};
 use super::{IoFaults, JournalOptions};
@@ -45,7 +46,47 @@ struct Queue {
     pending: VecDeque<Submission>,
     pending_bytes: usize,
     mode: Mode,
+    /// What the compactor thread found in the segment it was asked to read.
+    compaction: Option<CompactionInput>,
 }
+
+/// Bodies (`msg_id`, body) and refs (`msg_id`, queue) found in a segment file.
+type Candidates = (Vec<(u64, Bytes)>, Vec<(u64, String)>);
+
+/// The live-candidate records of one segment, read by the compactor thread.
+struct CompactionInput {
+    seg: SegId,
+    /// `None` if the segment could not be read (it is then left alone).
+    found: Option<Candidates>,
+}
+
+enum Work {
+    Appends(Vec<Submission>),
+    Compact(CompactionInput),
+    /// Nothing queued, but a compaction job has chunks left.
+    Background,
+}
+
+/// A compaction in progress: the candidates of one segment, copied forward a chunk at a time
+/// (each chunk filtered against the live state just before it is written, so an ack that
+/// arrives between two chunks is never undone).
+struct CompactionJob {
+    seg: SegId,
+    bodies: Vec<(u64, Bytes)>,
+    refs: Vec<(u64, String)>,
+    next_body: usize,
+    next_ref: usize,
+    written: u64,
+}
+
+/// Body bytes per compaction chunk: one chunk is one batch, so appends wait at most one
+/// such write and sync.
+const COMPACTION_CHUNK_BYTES: usize = 512 << 10;
+/// Refs (without bodies) per compaction chunk.
+const COMPACTION_CHUNK_REFS: usize = 4096;
+
+/// Batches between two looks for a segment worth compacting.
+const COMPACTION_CHECK_EVERY: u32 = 32;
 
 #[derive(Default)]
 struct Counters {
@@ -58,6 +99,8 @@ struct Counters {
     segments_created: AtomicU64,
     segments_deleted: AtomicU64,
     live_segments: AtomicU64,
+    compactions: AtomicU64,
+    compacted_records: AtomicU64,
     write_nanos: AtomicU64,
     sync_nanos: AtomicU64,
 }
@@ -124,6 +167,10 @@ pub struct JournalStats {
     pub segments_deleted: u64,
     /// Segments currently on disk (as the writer accounts them).
     pub live_segments: u64,
+    /// Segments whose live records were copied forward by compaction.
+    pub compactions: u64,
+    /// Records written by compaction.
+    pub compacted_records: u64,
     /// Time the writer spent in `write` calls (encoding excluded).
     pub write_time: Duration,
     /// Time the writer spent in `fdatasync` (plus `sync_delay`).
@@ -254,6 +301,13 @@ struct Writer {
     debris_end: u64,
     next_seq: u64,
     buf: Vec<u8>,
+    /// Asks the compactor thread to read a segment (`None`: compaction disabled).
+    compactor: Option<mpsc::Sender<SegId>>,
+    compactor_thread: Option<JoinHandle<()>>,
+    /// The segment being read by the compactor, if any (one at a time).
+    compacting: Option<SegId>,
+    job: Option<CompactionJob>,
+    batches_since_compaction_check: u32,
 }
 
 impl Writer {
@@ -411,6 +465,7 @@ impl Writer {
         c.records.fetch_add(u64::from(count), Relaxed);
         c.bytes.fetch_add(self.buf.len() as u64, Relaxed);
         let id = self.active.id;
+        self.state.note_written(id, u64::from(count));
         for r in records {
             self.state.apply(id, &r.view(), None);
         }
@@ -451,14 +506,19 @@ impl Writer {
         deleted
     }
 
-    /// Takes the next batch of submissions: everything queued, up to the batch limit.
-    fn take(&self) -> Option<Vec<Submission>> {
+    /// Takes the next work: a compactor result, or a batch of submissions (everything queued,
+    /// up to the batch limit).
+    fn take(&self) -> Option<Work> {
         let mut q = self.shared.lock();
         loop {
             match q.mode {
                 Mode::Stopped(_) => return None,
+                Mode::Running if q.compaction.is_some() && self.job.is_none() => {
+                    return q.compaction.take().map(Work::Compact);
+                }
                 _ if !q.pending.is_empty() => break,
                 Mode::Closing => return None,
+                Mode::Running if self.job.is_some() => return Some(Work::Background),
                 Mode::Running => {
                     q = self
                         .shared
@@ -480,17 +540,119 @@ impl Writer {
         }
         drop(q);
         self.shared.wake_appenders();
-        Some(subs)
+        Some(Work::Appends(subs))
+    }
+
+    /// Every few batches, hands a sparse segment to the compactor thread.
+    fn maybe_start_compaction(&mut self) {
+        self.batches_since_compaction_check = self.batches_since_compaction_check.saturating_add(1);
+        if self.compacting.is_some()
+            || self.job.is_some()
+            || self.batches_since_compaction_check <= COMPACTION_CHECK_EVERY
+        {
+            return;
+        }
+        self.batches_since_compaction_check = 0;
+        let Some(tx) = &self.compactor else { return };
+        if let Some(seg) = self
+            .state
+            .compaction_candidate(self.active.id, u64::from(self.opts.compaction_ratio.max(2)))
+            && tx.send(seg).is_ok()
+        {
+            self.compacting = Some(seg);
+        }
+    }
+
+    /// Starts copying what is still live in a sparse segment forward (as ordinary batches of
+    /// this writer), so that the segment dies and reclaim deletes it.
+    fn start_compaction(&mut self, input: CompactionInput) {
+        self.compacting = None;
+        if let Some((bodies, refs)) = input.found {
+            self.job = Some(CompactionJob {
+                seg: input.seg,
+                bodies,
+                refs,
+                next_body: 0,
+                next_ref: 0,
+                written: 0,
+            });
+            self.compaction_step();
+        }
+    }
+
+    /// Writes the next chunk of the compaction job.
+    fn compaction_step(&mut self) {
+        let Some(mut job) = self.job.take() else {
+            return;
+        };
+        let (bodies, refs) = if job.next_body < job.bodies.len() {
+            let mut end = job.next_body;
+            let mut bytes = 0;
+            while end < job.bodies.len()
+                && (end == job.next_body
+                    || bytes + job.bodies[end].1.len() <= COMPACTION_CHUNK_BYTES)
+            {
+                bytes += job.bodies[end].1.len();
+                end += 1;
+            }
+            let range = job.next_body..end;
+            job.next_body = end;
+            (&job.bodies[range], &job.refs[..0])
+        } else {
+            let end = (job.next_ref + COMPACTION_CHUNK_REFS).min(job.refs.len());
+            let range = job.next_ref..end;
+            job.next_ref = end;
+            (&job.bodies[..0], &job.refs[range])
+        };
+        let records = self.state.compaction_records(job.seg, bodies, refs);
+        if !records.is_empty() {
+            if let Err(e) = self.write_records(records.iter()) {
+                // Nothing changed in the live state; the segment stays and is picked again.
+                tracing::warn!(error = %e, segment = job.seg, "compaction batch failed");
+                return;
+            }
+            job.written += records.len() as u64;
+        }
+        if job.next_body < job.bodies.len() || job.next_ref < job.refs.len() {
+            self.job = Some(job);
+            return;
+        }
+        let c = &self.shared.counters;
+        c.compactions.fetch_add(1, Relaxed);
+        c.compacted_records.fetch_add(job.written, Relaxed);
+        tracing::debug!(
+            segment = job.seg,
+            records = job.written,
+            "compacted segment"
+        );
+        self.reclaim();
+        // Deleting this segment may have made the next one eligible: look again right away.
+        self.batches_since_compaction_check = COMPACTION_CHECK_EVERY;
+        self.maybe_start_compaction();
     }
 
     fn run(mut self) {
-        while let Some(subs) = self.take() {
+        while let Some(work) = self.take() {
+            let subs = match work {
+                Work::Appends(subs) => subs,
+                Work::Compact(input) => {
+                    self.start_compaction(input);
+                    continue;
+                }
+                Work::Background => {
+                    self.compaction_step();
+                    continue;
+                }
+            };
             match self.write_records(subs.iter().flat_map(|s| s.records.iter())) {
                 Ok(seq) => {
                     for s in subs {
                         let _ = s.done.send(Ok(seq));
                     }
                     self.reclaim();
+                    // Appends and compaction chunks alternate.
+                    self.compaction_step();
+                    self.maybe_start_compaction();
                 }
                 Err(e) => {
                     self.shared.counters.failed_batches.fetch_add(1, Relaxed);
@@ -505,7 +667,60 @@ impl Writer {
                 }
             }
         }
+        self.compactor = None;
+        if let Some(h) = self.compactor_thread.take() {
+            let _ = h.join();
+        }
     }
+}
+
+/// The compactor thread: reads a segment (one large read, off the writer thread) and lists the
+/// message bodies and refs in it; the writer decides what is still live.
+fn compactor(dir: PathBuf, shared: Arc<Shared>, requests: mpsc::Receiver<SegId>) {
+    for seg in requests {
+        let found = read_candidates(&dir, seg);
+        let mut q = shared.lock();
+        q.compaction = Some(CompactionInput { seg, found });
+        drop(q);
+        shared.work.notify_one();
+    }
+}
+
+fn read_candidates(dir: &Path, seg: SegId) -> Option<Candidates> {
+    let data = Bytes::from(fs::read(format::segment_path(dir, seg)).ok()?);
+    let meta = format::check_segment_header(&data, seg).ok()?;
+    let mut epoch = meta.epoch;
+    let (mut bodies, mut refs) = (Vec::new(), Vec::new());
+    let mut pos = SEGMENT_HEADER_LEN;
+    while let Ok(h) = format::check_batch(&data[pos..], data.len()) {
+        let body = &data[pos + BATCH_HEADER_LEN..pos + h.total_len];
+        pos += h.total_len;
+        if h.epoch < epoch {
+            continue; // never applied by recovery, never copied
+        }
+        epoch = h.epoch;
+        let mut at = 0;
+        while at < body.len() {
+            let (view, used) = RecordView::decode(&body[at..]).ok()?;
+            at += used;
+            let view = match view {
+                RecordView::Tx { op, .. } => *op,
+                v => v,
+            };
+            match view {
+                RecordView::AddMessage { msg_id, encoded } => {
+                    bodies.push((msg_id, data.slice_ref(encoded)))
+                }
+                RecordView::AddRef { msg_id, queue }
+                | RecordView::DeliveryCount { msg_id, queue, .. }
+                | RecordView::ScheduledDelivery { msg_id, queue, .. } => {
+                    refs.push((msg_id, queue.to_owned()))
+                }
+                _ => {}
+            }
+        }
+    }
+    Some((bodies, refs))
 }
 
 /// Marks the journal stopped when the writer thread ends, however it ends (a panic included),
@@ -570,6 +785,7 @@ impl Journal {
                 pending: VecDeque::new(),
                 pending_bytes: 0,
                 mode: Mode::Running,
+                compaction: None,
             }),
             work: Condvar::new(),
             space: Condvar::new(),
@@ -594,6 +810,11 @@ impl Journal {
             debris_end: 0,
             next_seq: max_seq + 1,
             buf: Vec::with_capacity(batch_limit.min(1 << 20)),
+            compactor: None,
+            compactor_thread: None,
+            compacting: None,
+            job: None,
+            batches_since_compaction_check: 0,
         };
         writer.state.add_segment(next_id);
         shared.counters.segments_created.fetch_add(1, Relaxed);
@@ -614,6 +835,17 @@ impl Journal {
             .live_segments
             .store(writer.state.segment_ids().len() as u64, Relaxed);
         recovered.max_epoch = recovered.max_epoch.max(options.epoch);
+
+        if options.compaction {
+            let (tx, rx) = mpsc::channel();
+            let (d, sh) = (dir.clone(), shared.clone());
+            let h = thread::Builder::new()
+                .name("tandem-journal-compactor".into())
+                .spawn(move || compactor(d, sh, rx))
+                .map_err(|e| JournalError::io("spawn compactor", &dir, e))?;
+            writer.compactor = Some(tx);
+            writer.compactor_thread = Some(h);
+        }
 
         let guard_shared = shared.clone();
         let handle = thread::Builder::new()
@@ -789,6 +1021,8 @@ impl Journal {
             segments_created: c.segments_created.load(Relaxed),
             segments_deleted: c.segments_deleted.load(Relaxed),
             live_segments: c.live_segments.load(Relaxed),
+            compactions: c.compactions.load(Relaxed),
+            compacted_records: c.compacted_records.load(Relaxed),
             write_time: Duration::from_nanos(c.write_nanos.load(Relaxed)),
             sync_time: Duration::from_nanos(c.sync_nanos.load(Relaxed)),
         }

@@ -237,6 +237,11 @@ fn apply_segments(
             }
             pos += h.total_len;
         }
+        if idx == 0 && count > 2 {
+            // Segments are alike in practice: size the message map for all of them at once.
+            let per_segment = state.message_count();
+            state.reserve_messages(per_segment.saturating_mul(count - 1).min(1 << 21));
+        }
         if is_last {
             last = Some((id, data.clone(), pos.min(data.len())));
         }

@@ -234,6 +234,16 @@ impl State {
         }
     }
 
+    /// Room for `additional` more messages (recovery estimates it after the first segment, to
+    /// avoid rehashing a million-entry map several times).
+    pub(crate) fn reserve_messages(&mut self, additional: usize) {
+        self.msgs.reserve(additional);
+    }
+
+    pub(crate) fn message_count(&self) -> usize {
+        self.msgs.len()
+    }
+
     pub(crate) fn add_segment(&mut self, id: SegId) {
         self.segs.entry(id).or_default();
     }

@@ -585,12 +585,12 @@ impl Writer {
         let Some(mut job) = self.job.take() else {
             return;
         };
+        let chunk_bytes = COMPACTION_CHUNK_BYTES.min(self.shared.batch_limit / 2);
         let (bodies, refs) = if job.next_body < job.bodies.len() {
             let mut end = job.next_body;
             let mut bytes = 0;
             while end < job.bodies.len()
-                && (end == job.next_body
-                    || bytes + job.bodies[end].1.len() <= COMPACTION_CHUNK_BYTES)
+                && (end == job.next_body || bytes + job.bodies[end].1.len() <= chunk_bytes)
             {
                 bytes += job.bodies[end].1.len();
                 end += 1;
@@ -605,13 +605,31 @@ impl Writer {
             (&job.bodies[..0], &job.refs[range])
         };
         let records = self.state.compaction_records(job.seg, bodies, refs);
-        if !records.is_empty() {
-            if let Err(e) = self.write_records(records.iter()) {
-                // Nothing changed in the live state; the segment stays and is picked again.
+        // Usually one batch; more if refs and counts overflow the batch limit. The pieces are
+        // written back to back (no append in between), so the filter above still holds.
+        let limit = self.shared.batch_limit - BATCH_HEADER_LEN;
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len() {
+                let r = &records[end];
+                // Cut only before an AddMessage or AddRef: a ref keeps its count and schedule.
+                let cut_ok = matches!(r, Record::AddMessage { .. } | Record::AddRef { .. });
+                if end > start && cut_ok && bytes + r.encoded_len() > limit {
+                    break;
+                }
+                bytes += r.encoded_len();
+                end += 1;
+            }
+            if let Err(e) = self.write_records(records[start..end].iter()) {
+                // What was written is consistent (copies are idempotent); the segment stays
+                // and is picked again later.
                 tracing::warn!(error = %e, segment = job.seg, "compaction batch failed");
                 return;
             }
-            job.written += records.len() as u64;
+            job.written += (end - start) as u64;
+            start = end;
         }
         if job.next_body < job.bodies.len() || job.next_ref < job.refs.len() {
             self.job = Some(job);

@@ -1,5 +1,10 @@
 //! The persistent journal: segmented append-only files on a (possibly shared, NFS) directory,
-//! one writer thread with group commit, recovery to the live state, segment reclaim.
+//! one writer thread with group commit, recovery to the live state, segment reclaim and
+//! compaction.
+//!
+//! Threads: one writer per journal (all writes, syncs, unlinks; owns the live-state accounting),
+//! one compactor (reads sparse segments only), and during open one reader that prefetches the
+//! next segment. Appenders only touch a mutex-protected submission queue.
 //!
 //! The journal speaks bytes and ids only: message bodies are opaque `Bytes`, queues are names,
 //! transactions are `u64`s. The broker owns the meaning.
@@ -65,8 +70,8 @@
 //!
 //! 1. Segments are read in id order, each in one large read; every batch's magic, length and
 //!    CRC are checked.
-//! 2. A batch whose epoch is lower than the highest epoch seen before it is ignored (a fenced
-//!    writer's late write).
+//! 2. A batch whose epoch is lower than the highest epoch seen before it (in a batch or in a
+//!    segment header) is ignored: a fenced writer's late write.
 //! 3. A bad batch in the newest segment with no valid batch after it is a **torn tail**: the
 //!    segment is cut back to its last complete batch (logged, reported in
 //!    [`RecoveryReport::torn_tail`]). Nothing in it had been confirmed.
@@ -86,6 +91,10 @@
 //!    fenced old writer that may still hold the file open: its late writes go to the replaced
 //!    inode (or fail with ESTALE on NFS), never into the journal. The new writer's segment is
 //!    created with `create_new`, so two writers can never share one.
+//! 9. Live bodies are returned in memory, as zero-copy slices of the segment reads; bodies
+//!    from segments that are mostly dead are copied so those segment buffers are freed.
+//!    Memory at open is therefore about the size of the live bodies (paging large backlogs
+//!    would need a body-location index instead; not done).
 //!
 //! # Reclaim rule
 //!

@@ -1010,6 +1010,41 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_copy_never_outlives_its_original() {
+        let mut st = State::new(4, false);
+        for s in 1..=4 {
+            st.add_segment(s);
+        }
+        add(&mut st, 1, 10, "q");
+        // Something else keeps segment 1 alive.
+        st.apply(
+            1,
+            &RecordView::Destination {
+                name: "d",
+                kind: 1,
+                deleted: false,
+            },
+            None,
+        );
+        let copy = st.compaction_records(1, &[(10, Bytes::from_static(b"b"))], &[]);
+        for r in &copy {
+            st.apply(2, &r.view(), None);
+        }
+        st.apply(
+            3,
+            &RecordView::AckRef {
+                msg_id: 10,
+                queue: "q",
+            },
+            None,
+        );
+        // Segment 2 (the copy) is dead but must stay while segment 1 (the original) exists,
+        // or message 10 would come back from segment 1 at recovery.
+        assert_eq!(st.live_count(2), Some(0));
+        assert_eq!(st.next_reclaimable(4), None);
+    }
+
+    #[test]
     fn dup_ids_evict_and_unpin() {
         let mut st = State::new(2, false);
         st.add_segment(1);

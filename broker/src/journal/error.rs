@@ -87,6 +87,9 @@ pub enum JournalError {
     /// A record that is not valid to append (e.g. a nested transaction).
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// `JournalOptions` that cannot work (e.g. a segment too small for one batch).
+    #[error("invalid journal options: {0}")]
+    InvalidOptions(String),
     /// The journal was closed (or its writer thread is gone).
     #[error("journal closed")]
     Closed,

@@ -763,7 +763,7 @@ impl Journal {
         let dir = dir.as_ref().to_path_buf();
         let min_segment = (SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + 64) as u64;
         if options.segment_size < min_segment {
-            return Err(JournalError::InvalidRecord(format!(
+            return Err(JournalError::InvalidOptions(format!(
                 "segment_size must be at least {min_segment}"
             )));
         }

@@ -582,6 +582,9 @@ impl Writer {
 
     /// Writes the next chunk of the compaction job.
     fn compaction_step(&mut self) {
+        if self.job.is_none() || matches!(self.shared.lock().mode, Mode::Stopped(_)) {
+            return; // fenced or closing for good: not one more write
+        }
         let Some(mut job) = self.job.take() else {
             return;
         };

@@ -26,6 +26,7 @@ mod broker;
 pub mod config;
 mod connection;
 mod http;
+pub mod journal;
 mod listener;
 pub mod message;
 pub mod queue;

@@ -96,7 +96,6 @@ async fn send_receive(embedded: bool) {
             .unwrap()
             .is_none()
     );
-    let mut c = c;
     c.close().await.unwrap();
     t.stop().await;
 }
@@ -265,7 +264,7 @@ async fn client_ack_recover(embedded: bool) {
     );
     // Client ack acknowledges both; a new session sees nothing.
     second.ack().await.unwrap();
-    let mut c2 = t.factory().connect().await.unwrap();
+    let c2 = t.factory().connect().await.unwrap();
     let s2 = c2.create_session(AckMode::Auto).await.unwrap();
     let mut consumer2 = s2.create_consumer(&q, None).await.unwrap();
     c2.start();

@@ -75,6 +75,11 @@ mod url;
 #[cfg(test)]
 mod tests;
 
+/// The README's client example is compiled as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExample;
+
 pub use connection::{Connection, ConnectionFactory, ConnectionOptions, Connector};
 pub use consumer::{AckHandle, Consumer, ConsumerBuilder, Received};
 pub use error::{Error, Result};

@@ -54,6 +54,8 @@ const PRODUCER_ID: u64 = 1;
 pub(crate) const DEFAULT_PREFETCH: u32 = 100;
 /// Largest prefetch a SUBSCRIBE may ask for (invariant 10: windows are bounded).
 pub(crate) const MAX_PREFETCH: u32 = 65_535;
+/// Most subscriptions open at once on one STOMP connection.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
 /// How long a closing connection keeps reading (and discarding) so the peer sees our last frame
 /// instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -216,7 +218,11 @@ pub(crate) async fn serve(
                 Ok(()) => None,
                 Err(Fatal(frame)) => Some(frame),
             };
-            finish(&mut session.io, last).await;
+            // End the native connection first: its cleanup gives back every unacknowledged
+            // delivery at once instead of after the linger.
+            let Session { mut io, link, .. } = session;
+            drop(link);
+            finish(&mut io, last).await;
         }
         Ok(None) => {}
         Err(Fatal(frame)) => {
@@ -474,7 +480,7 @@ impl Session {
         }
         let acks: Vec<(u64, u64)> = self.auto_acks.drain().collect();
         for (consumer_id, delivery_id) in acks {
-            self.to_native(Frame::Ack(wire::Ack {
+            self.forward(Frame::Ack(wire::Ack {
                 session_id: SESSION_ID,
                 consumer_id,
                 delivery_id,
@@ -493,7 +499,7 @@ impl Session {
         .await
     }
 
-    async fn to_native(&mut self, f: Frame) -> Result<(), Fatal> {
+    async fn forward(&mut self, f: Frame) -> Result<(), Fatal> {
         self.link
             .tx
             .send(f)
@@ -558,7 +564,7 @@ impl Session {
                     .with_receipt(receipt.as_deref()));
             }
             Frame::Ping(p) => {
-                self.to_native(Frame::Pong(wire::Pong { nonce: p.nonce }))
+                self.forward(Frame::Pong(wire::Pong { nonce: p.nonce }))
                     .await?
             }
             Frame::Close(c) => {
@@ -635,7 +641,7 @@ impl Session {
             self.last_native_ping = Instant::now();
             self.ping_nonce += 1;
             let nonce = self.ping_nonce;
-            self.to_native(Frame::Ping(wire::Ping { nonce })).await?;
+            self.forward(Frame::Ping(wire::Ping { nonce })).await?;
         }
         Ok(Flow::Continue)
     }
@@ -658,7 +664,7 @@ impl Session {
             Command::Disconnect => {
                 self.disconnecting = Some(receipt);
                 // The native side answers Close after everything sent before it.
-                self.to_native(Frame::Close(wire::Close {
+                self.forward(Frame::Close(wire::Close {
                     code: 0,
                     message: "DISCONNECT".into(),
                 }))
@@ -705,7 +711,7 @@ impl Session {
         if let Some(r) = receipt {
             self.send_receipts.insert(sequence, r);
         }
-        self.to_native(Frame::Send(wire::Send {
+        self.forward(Frame::Send(wire::Send {
             producer_id: PRODUCER_ID,
             sequence,
             receipt: wants_receipt,
@@ -727,6 +733,12 @@ impl Session {
             return Err(Fatal::new(
                 "invalid frame",
                 format!("subscription id {id:?} is already in use on this connection"),
+            ));
+        }
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(Fatal::new(
+                "too many subscriptions",
+                format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
             ));
         }
         let bad = |header: &str, value: &str, reason: &str| {
@@ -785,7 +797,7 @@ impl Session {
             },
         );
         self.consumers.insert(consumer_id, id);
-        self.to_native(Frame::ConsumerOpen(wire::ConsumerOpen {
+        self.forward(Frame::ConsumerOpen(wire::ConsumerOpen {
             request_id,
             session_id: SESSION_ID,
             consumer_id,
@@ -836,7 +848,7 @@ impl Session {
             None
         };
         let request_id = self.request(what.clone(), close_receipt);
-        self.to_native(Frame::ConsumerClose(wire::ConsumerClose {
+        self.forward(Frame::ConsumerClose(wire::ConsumerClose {
             request_id,
             consumer_id: sub.consumer_id,
             last_consumed: sub.last_forwarded,
@@ -860,7 +872,7 @@ impl Session {
             } else {
                 0
             };
-            self.to_native(Frame::Nack(wire::Nack {
+            self.forward(Frame::Nack(wire::Nack {
                 session_id: SESSION_ID,
                 request_id,
                 consumed: Vec::new(),
@@ -935,7 +947,7 @@ impl Session {
             return self.nack_all(&ids, &what, receipt).await;
         }
         let request_id = self.optional_request(|| what, receipt);
-        self.to_native(Frame::Ack(wire::Ack {
+        self.forward(Frame::Ack(wire::Ack {
             session_id: SESSION_ID,
             consumer_id,
             delivery_id,
@@ -968,6 +980,6 @@ impl Session {
                 session_id: SESSION_ID,
             }),
         };
-        self.to_native(frame).await
+        self.forward(frame).await
     }
 }

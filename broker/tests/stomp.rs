@@ -785,6 +785,24 @@ async fn shutdown_tells_stomp_clients() {
 }
 
 #[tokio::test]
+async fn a_stomp_connection_counts_once_against_the_limit() {
+    let b = broker_with(BrokerConfig {
+        max_connections: 2,
+        ..BrokerConfig::embedded()
+    })
+    .await;
+    let mut first = Stomp::connect(&b).await;
+    let _second = Stomp::connect(&b).await;
+    let mut third = Stomp::open(&b).await;
+    let e = third.expect(Command::Error).await;
+    assert_eq!(e.header("error-name"), Some("connection-limit"));
+    assert!(third.closed().await);
+    // The two admitted ones work.
+    first.send_text("/queue/limit", "fine", &[]).await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn listener_is_off_when_not_configured() {
     let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
     assert_eq!(b.stomp_addr(), None);

@@ -830,8 +830,8 @@ impl Session {
             ));
         };
         let id = id.to_string();
+        // `auto_acks` is empty here: every event ends with a flush that sends them.
         self.consumers.remove(&sub.consumer_id);
-        self.auto_acks.remove(&sub.consumer_id);
         let unacked: Vec<u64> = self
             .outstanding
             .iter()

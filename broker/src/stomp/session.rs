@@ -59,6 +59,8 @@ pub(crate) const MAX_SUBSCRIPTIONS: usize = 1024;
 /// How long a closing connection keeps reading (and discarding) so the peer sees our last frame
 /// instead of a reset.
 const LINGER: Duration = Duration::from_secs(1);
+/// The same during broker shutdown, which waits for every connection task.
+const LINGER_SHUTDOWN: Duration = Duration::from_millis(100);
 /// Native frames handled before the socket is flushed.
 const MAX_BATCH: usize = 256;
 
@@ -220,27 +222,40 @@ pub(crate) async fn serve(
             };
             // End the native connection first: its cleanup gives back every unacknowledged
             // delivery at once instead of after the linger.
-            let Session { mut io, link, .. } = session;
+            let Session {
+                mut io,
+                link,
+                inner,
+                ..
+            } = session;
             drop(link);
-            finish(&mut io, last).await;
+            finish(&mut io, last, linger(&inner)).await;
         }
         Ok(None) => {}
         Err(Fatal(frame)) => {
             inner.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            finish(&mut io, Some(frame)).await;
+            finish(&mut io, Some(frame), linger(&inner)).await;
         }
     }
     tracing::debug!("stomp connection closed");
 }
 
-/// Writes the last frame (if any), closes our side and drains the peer's for a moment.
-async fn finish(io: &mut Io, last: Option<StompFrame>) {
+fn linger(inner: &BrokerInner) -> Duration {
+    if inner.shutdown.is_cancelled() {
+        LINGER_SHUTDOWN
+    } else {
+        LINGER
+    }
+}
+
+/// Writes the last frame (if any), closes our side and drains the peer's for up to `linger`.
+async fn finish(io: &mut Io, last: Option<StompFrame>, linger: Duration) {
     if let Some(f) = last {
         tracing::debug!(message = ?f.header("message"), "closing with ERROR");
         let _ = tokio::time::timeout(LINGER, io.send(Item::Frame(f))).await;
     }
     let _ = tokio::time::timeout(LINGER, io.get_mut().shutdown()).await;
-    let deadline = Instant::now() + LINGER;
+    let deadline = Instant::now() + linger;
     while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, io.next()).await {}
 }
 

@@ -21,6 +21,7 @@ use tandem_protocol::stomp::{Item, StompCodec, StompFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::FramedWrite;
+use tracing::Instrument;
 
 use crate::broker::{BrokerError, BrokerInner};
 
@@ -52,9 +53,12 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                 let _ = sock.set_nodelay(true);
                 match inner.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        inner
-                            .tasks
-                            .spawn(session::serve(inner.clone(), sock, peer, permit));
+                        // `instrument`, not `span.enter()`: the task suspends, the span must not
+                        // stay entered on the thread.
+                        let span = tracing::debug_span!("stomp", %peer);
+                        inner.tasks.spawn(
+                            session::serve(inner.clone(), sock, peer, permit).instrument(span),
+                        );
                     }
                     Err(_) => {
                         inner

@@ -185,8 +185,6 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    let span = tracing::debug_span!("stomp", %peer);
-    let _e = span.enter();
     let limits = StompLimits {
         max_frame_size: inner.config.max_frame_size,
         ..StompLimits::default()
@@ -295,7 +293,13 @@ async fn handshake(
             Ok(Some(Err(e))) => return Err(Fatal::codec(&e)),
             Ok(Some(Ok(Item::HeartBeat))) => continue,
             Ok(Some(Ok(Item::Frame(f)))) => match f.command {
-                Command::Connect | Command::Stomp => break f,
+                Command::Connect | Command::Stomp if f.body.is_empty() => break f,
+                Command::Connect | Command::Stomp => {
+                    return Err(Fatal::new(
+                        "invalid frame",
+                        format!("{} frames must not have a body", f.command),
+                    ));
+                }
                 other => {
                     return Err(Fatal::new(
                         "not connected",

@@ -445,7 +445,9 @@ impl Session {
                     }
                 },
                 _ = ticker.tick(), if tick.is_some() => {
+                    // After DISCONNECT the client owes nothing more; the native Close ends it.
                     if let Some(s) = silence
+                        && self.disconnecting.is_none()
                         && last_rx.elapsed() > s
                     {
                         Err(Fatal::new(

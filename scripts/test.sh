@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project, on a fresh machine too: it installs what the tests
-# need (nothing beyond the Rust toolchain yet) and fails on the first problem.
+# need (a Python venv with tests/requirements.txt for the STOMP system test) and fails on the
+# first problem.
 #
 #   ./scripts/test.sh
 #
-# Steps: formatting, clippy (warnings are errors), the workspace tests (cargo-nextest when it is
+# Steps: formatting, clippy (warnings are errors), the Python venv, the workspace tests (cargo-nextest when it is
 # installed, cargo test otherwise), doctests, and the fuzz crate's corpus replay on stable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,23 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # System tests start the real `tandem` binary: build it first so they find target/debug/tandem.
 step "build"
 cargo build --workspace --locked --bins --examples
+
+# tests/t40_stomp_py.rs drives the broker with Python's stomp.py from .venv (pinned in
+# tests/requirements.txt). A fresh Debian/Ubuntu may lack python3 or its venv module (the
+# python3-venv package, which brings ensurepip); install them only when missing.
+step "python venv (.venv, tests/requirements.txt)"
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  echo "python3 cannot create a venv here: installing python3 and python3-venv"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq python3 python3-venv
+fi
+if [ ! -x .venv/bin/pip ]; then
+  rm -rf .venv
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

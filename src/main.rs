@@ -41,6 +41,9 @@ struct RunArgs {
     /// HTTP address for /health and /metrics, or "off" [default: 127.0.0.1:8161].
     #[arg(long, env = "TANDEM_HTTP", value_name = "ADDR")]
     http: Option<String>,
+    /// STOMP listener address, or "off" [default: 127.0.0.1:61613].
+    #[arg(long, env = "TANDEM_STOMP", value_name = "ADDR")]
+    stomp: Option<String>,
     /// Data directory [default: ./data].
     #[arg(long, env = "TANDEM_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -74,6 +77,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(v) = &args.http {
         config.http = parse_addr("http", v)?;
     }
+    if let Some(v) = &args.stomp {
+        config.stomp = parse_addr("stomp", v)?;
+    }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
     }
@@ -95,9 +101,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     // One machine-readable line on stdout: scripts and system tests read the bound ports from it.
     println!(
-        "READY native={} http={}",
+        "READY native={} http={} stomp={}",
         show(broker.local_addr()),
-        show(broker.http_addr())
+        show(broker.http_addr()),
+        show(broker.stomp_addr())
     );
     wait_for_signal().await?;
     tracing::info!("signal received; shutting down");

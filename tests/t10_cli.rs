@@ -20,6 +20,8 @@ fn help_reads_well() {
         "--http",
         "--data-dir",
         "TANDEM_LISTEN",
+        "--stomp",
+        "TANDEM_STOMP",
     ] {
         assert!(out.contains(flag), "run --help lacks {flag}: {out}");
     }
@@ -57,6 +59,13 @@ fn bad_configuration_is_refused_with_the_key_named() {
     assert_ne!(code, Some(0));
     assert!(
         err.contains("--listen") && err.contains("HOST:PORT"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_cli(&["run", "--stomp", "everywhere"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("--stomp") && err.contains("HOST:PORT"),
         "{err}"
     );
 

@@ -142,6 +142,7 @@ pub struct Broker {
     pub(crate) inner: Arc<BrokerInner>,
     local_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
+    stomp_addr: Option<SocketAddr>,
 }
 
 /// What `/health` reports.
@@ -208,11 +209,16 @@ impl Broker {
             Some(addr) => Some(crate::http::start(inner.clone(), addr).await?),
             None => None,
         };
-        tracing::info!(native = ?local_addr, http = ?http_addr, "broker started");
+        let stomp_addr = match inner.config.stomp {
+            Some(addr) => Some(crate::stomp::start(inner.clone(), addr).await?),
+            None => None,
+        };
+        tracing::info!(native = ?local_addr, http = ?http_addr, stomp = ?stomp_addr, "broker started");
         Ok(Broker {
             inner,
             local_addr,
             http_addr,
+            stomp_addr,
         })
     }
 
@@ -224,6 +230,11 @@ impl Broker {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound STOMP listener address.
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
     }
 
     /// A new in-process connection: the client end of a frame link. Counts against the connection
@@ -301,6 +312,15 @@ fn connect_local(inner: &Arc<BrokerInner>) -> Result<LocalLink, BrokerError> {
             .fetch_add(1, Ordering::Relaxed);
         BrokerError::ConnectionLimit(inner.config.max_connections)
     })?;
+    Ok(connect_local_with(inner, permit))
+}
+
+/// An in-process connection holding an already acquired connection permit (the STOMP listener
+/// takes one at accept and hands it on).
+pub(crate) fn connect_local_with(
+    inner: &Arc<BrokerInner>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> LocalLink {
     let (client, server) = local_link_pair(LOCAL_LINK_CAPACITY);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
     let LocalLink { tx, rx } = server;
@@ -321,7 +341,7 @@ fn connect_local(inner: &Arc<BrokerInner>) -> Result<LocalLink, BrokerError> {
         "in-process".into(),
         permit,
     ));
-    Ok(client)
+    client
 }
 
 fn tokio_stream_like(

@@ -17,6 +17,8 @@ pub struct BrokerConfig {
     pub listen: Option<SocketAddr>,
     /// HTTP listener for `/health` and `/metrics`; `None`: off.
     pub http: Option<SocketAddr>,
+    /// STOMP listener (docs/STOMP.md); `None`: off.
+    pub stomp: Option<SocketAddr>,
     /// Where the journal and metadata live.
     pub data_dir: PathBuf,
     /// Name reported in `/health` and the Connected frame.
@@ -54,6 +56,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 61616))),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8161))),
+            stomp: Some(SocketAddr::from(([127, 0, 0, 1], 61613))),
             data_dir: PathBuf::from("data"),
             name: "tandem".into(),
             max_connections: 1024,
@@ -83,11 +86,12 @@ pub struct ConfigError {
 }
 
 impl BrokerConfig {
-    /// A configuration for tests and embedding: no TCP, no HTTP, small timeouts.
+    /// A configuration for tests and embedding: no TCP, no HTTP, no STOMP, small timeouts.
     pub fn embedded() -> BrokerConfig {
         BrokerConfig {
             listen: None,
             http: None,
+            stomp: None,
             ..BrokerConfig::default()
         }
     }

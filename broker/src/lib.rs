@@ -31,6 +31,7 @@ mod listener;
 pub mod message;
 pub mod queue;
 pub mod session;
+mod stomp;
 pub mod store;
 pub mod topic;
 

@@ -21,12 +21,14 @@ pub struct BrokerProcess {
     child: Child,
     pub native: SocketAddr,
     pub http: SocketAddr,
+    /// The STOMP listener; `None` when started with `--stomp off`.
+    pub stomp: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl BrokerProcess {
-    /// `tandem run` on 127.0.0.1 port 0 for both listeners, a fresh data dir, plus `extra` args.
+    /// `tandem run` on 127.0.0.1 port 0 for every listener, a fresh data dir, plus `extra` args.
     pub fn start(extra: &[&str]) -> BrokerProcess {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
@@ -42,6 +44,8 @@ impl BrokerProcess {
             "--listen",
             "127.0.0.1:0",
             "--http",
+            "127.0.0.1:0",
+            "--stomp",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -69,16 +73,22 @@ impl BrokerProcess {
             for _ in lines {}
         });
         let line = rx.recv_timeout(GUARD).expect("tandem prints READY");
-        let field = |k: &str| -> SocketAddr {
+        let raw = |k: &str| -> &str {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
                 .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                .parse()
-                .unwrap()
+        };
+        let field = |k: &str| -> SocketAddr { raw(k).parse().unwrap() };
+        let optional = |k: &str| -> Option<SocketAddr> {
+            match raw(k) {
+                "off" => None,
+                v => Some(v.parse().unwrap()),
+            }
         };
         BrokerProcess {
             native: field("native="),
             http: field("http="),
+            stomp: optional("stomp="),
             child,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,

@@ -50,6 +50,12 @@ struct RunArgs {
     /// Most simultaneous connections [default: 1024].
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// Add this many ms to every journal sync: emulates EFS latency (~3 ms) for benchmarks.
+    #[arg(long, env = "TANDEM_JOURNAL_SYNC_DELAY_MS", value_name = "MS")]
+    journal_sync_delay_ms: Option<u64>,
+    /// Keep messages in memory only: nothing survives a restart.
+    #[arg(long, env = "TANDEM_NO_PERSISTENCE")]
+    no_persistence: bool,
 }
 
 fn parse_addr(flag: &str, v: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -85,6 +91,12 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(v) = args.max_connections {
         config.max_connections = v;
+    }
+    if let Some(v) = args.journal_sync_delay_ms {
+        config.journal_sync_delay_ms = v;
+    }
+    if args.no_persistence {
+        config.persistence = false;
     }
     if let Err(errs) = config.validate() {
         let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();

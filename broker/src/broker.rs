@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{BrokerConfig, ConfigError};
+use crate::journal::{Journal, JournalError, JournalOptions, Recovered};
 use crate::message::Refusal;
+use crate::message::{BrokerMessage, now_ms};
 use crate::queue::{Queue, QueueSnapshot};
-use crate::store::{MemoryStore, MessageStore};
+use crate::store::{JournalStore, MemoryStore, MessageStore};
 use crate::topic::Topic;
 
 /// Why the broker could not start.
@@ -42,6 +44,14 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The journal could not be opened or recovered.
+    #[error("cannot open the journal in {}: {source}", dir.display())]
+    Journal {
+        /// The journal directory.
+        dir: std::path::PathBuf,
+        /// What went wrong (corruption names the segment and offset).
+        source: JournalError,
+    },
 }
 
 /// Broker-wide counters.
@@ -57,6 +67,8 @@ pub struct BrokerStats {
     pub sends_refused: AtomicU64,
     /// Connections closed for a protocol error.
     pub protocol_errors: AtomicU64,
+    /// Resent messages recognised as already stored (duplicate detection).
+    pub duplicates: AtomicU64,
 }
 
 /// Destinations are keyed by kind and name: a queue and a temporary queue may share a name.
@@ -77,9 +89,29 @@ pub(crate) struct BrokerInner {
     pub started: Instant,
     pub stats: BrokerStats,
     pub store: Box<dyn MessageStore>,
+    /// Duplicate detection: the highest sequence stored per producer name.
+    pub dup_seen: Mutex<HashMap<Arc<str>, u64>>,
+    /// Distinguishes this broker process in generated names.
+    pub instance: String,
 }
 
 impl BrokerInner {
+    /// Whether `(producer, seq)` was already stored: producers send strictly increasing
+    /// sequences, so the highest stored one per producer is the whole cache.
+    pub(crate) fn is_duplicate(&self, producer: &str, seq: u64) -> bool {
+        self.dup_seen
+            .lock()
+            .get(producer)
+            .is_some_and(|hwm| seq <= *hwm)
+    }
+
+    /// Records that `(producer, seq)` is durable.
+    pub(crate) fn record_stored(&self, producer: Arc<str>, seq: u64) {
+        let mut d = self.dup_seen.lock();
+        let hwm = d.entry(producer).or_insert(0);
+        *hwm = (*hwm).max(seq);
+    }
+
     pub(crate) fn active_connections(&self) -> usize {
         self.config.max_connections - self.permits.available_permits()
     }
@@ -105,7 +137,7 @@ impl BrokerInner {
             .queues
             .write()
             .entry(key.clone())
-            .or_insert_with(|| Queue::new(key.1, limit))
+            .or_insert_with(|| Queue::new(key.1, key.0 == DestinationKind::Queue, limit))
             .clone())
     }
 
@@ -136,6 +168,53 @@ impl BrokerInner {
     }
 }
 
+/// Puts the journal's live state back: messages on their queues (flagged redelivered, counts
+/// raised: they may have been delivered before the crash), the duplicate-detection cache, and the
+/// message id sequence above every id used before.
+fn restore(inner: &BrokerInner, recovered: Recovered) {
+    let r = &recovered.report;
+    inner
+        .next_message_id
+        .store(recovered.max_msg_id + 1, Ordering::Relaxed);
+    {
+        let mut dup = inner.dup_seen.lock();
+        for (producer, seqs) in &recovered.dup_ids {
+            if let Some(max) = seqs.iter().max() {
+                dup.insert(Arc::from(producer.as_str()), *max);
+            }
+        }
+    }
+    let limit = inner.config.destination_memory_limit;
+    let mut messages = 0usize;
+    for m in recovered.messages {
+        let msg = match BrokerMessage::recovered(m.msg_id, m.encoded) {
+            Ok(msg) => Arc::new(msg),
+            Err(e) => {
+                tracing::error!(msg_id = m.msg_id, error = %e.message, "journaled message does not decode; skipped");
+                continue;
+            }
+        };
+        for r in m.refs {
+            let key: DestinationKey = (DestinationKind::Queue, r.queue.clone());
+            let q = inner
+                .queues
+                .write()
+                .entry(key)
+                .or_insert_with(|| Queue::new(r.queue.clone(), true, limit))
+                .clone();
+            q.restore(msg.clone(), r.delivery_count);
+        }
+        messages += 1;
+    }
+    tracing::info!(
+        messages,
+        producers = recovered.dup_ids.len(),
+        torn_tail = ?r.torn_tail,
+        skipped = r.skipped.len(),
+        "journal recovered"
+    );
+}
+
 /// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
 #[derive(Debug)]
 pub struct Broker {
@@ -162,14 +241,55 @@ pub struct Health {
 
 impl Broker {
     /// Validates the configuration, binds the listeners and starts serving.
+    ///
+    /// With `persistence` on, the journal in `data_dir/journal` is opened and recovered first:
+    /// every message it holds is back on its queue before the listeners open.
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
-        Broker::start_with_store(config, Box::new(MemoryStore)).await
+        if !config.persistence {
+            return Broker::start_with_store(config, Box::new(MemoryStore)).await;
+        }
+        let mut options = JournalOptions::new(config.journal_epoch);
+        options.segment_size = config.journal_segment_size;
+        options.sync_delay = Duration::from_millis(config.journal_sync_delay_ms);
+        options.skip_corrupt = config.journal_skip_corrupt;
+        Broker::start_with_journal(config, options).await
     }
 
-    /// [`Broker::start`] with a given store.
+    /// [`Broker::start`] with explicit journal options (tests inject I/O faults through them).
+    pub async fn start_with_journal(
+        config: BrokerConfig,
+        options: JournalOptions,
+    ) -> Result<Broker, BrokerError> {
+        config.validate().map_err(BrokerError::Config)?;
+        let dir = config.data_dir.join("journal");
+        let open_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&open_dir).map_err(|e| JournalError::Io {
+                op: "create the journal directory",
+                path: open_dir.clone(),
+                source: Arc::new(e),
+            })?;
+            Journal::open(&open_dir, options)
+        })
+        .await
+        .expect("journal open does not panic");
+        let (journal, recovered) = opened.map_err(|source| BrokerError::Journal { dir, source })?;
+        let store = Box::new(JournalStore::new(journal));
+        Broker::start_inner(config, store, Some(recovered)).await
+    }
+
+    /// [`Broker::start`] with a given store and nothing to recover.
     pub async fn start_with_store(
         config: BrokerConfig,
         store: Box<dyn MessageStore>,
+    ) -> Result<Broker, BrokerError> {
+        Broker::start_inner(config, store, None).await
+    }
+
+    async fn start_inner(
+        config: BrokerConfig,
+        store: Box<dyn MessageStore>,
+        recovered: Option<Recovered>,
     ) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let inner = Arc::new(BrokerInner {
@@ -186,7 +306,12 @@ impl Broker {
             started: Instant::now(),
             stats: BrokerStats::default(),
             store,
+            dup_seen: Mutex::new(HashMap::new()),
+            instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
         });
+        if let Some(recovered) = recovered {
+            restore(&inner, recovered);
+        }
         for q in &inner.config.queues {
             let d = Destination::queue(q).expect("validated");
             let key = (d.kind(), Arc::<str>::from(d.name()));
@@ -194,7 +319,7 @@ impl Broker {
             inner
                 .queues
                 .write()
-                .insert(key.clone(), Queue::new(key.1, limit));
+                .insert(key.clone(), Queue::new(key.1, true, limit));
         }
         for t in &inner.config.topics {
             let d = Destination::topic(t).expect("validated");
@@ -283,6 +408,8 @@ impl Broker {
         {
             tracing::warn!("shutdown: connections still open after {wait:?}; leaving them");
         }
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.store.close()).await;
         tracing::info!("broker stopped");
     }
 }

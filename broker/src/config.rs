@@ -45,6 +45,17 @@ pub struct BrokerConfig {
     pub producer_block_timeout_ms: u64,
     /// How long shutdown waits for connections to flush and close, in ms.
     pub shutdown_timeout_ms: u64,
+    /// Journal persistent messages in `data_dir/journal` (off: memory only, nothing survives).
+    pub persistence: bool,
+    /// Fencing epoch written into every journal batch (the lease provides it once failover runs).
+    pub journal_epoch: u64,
+    /// Journal segment size in bytes.
+    pub journal_segment_size: u64,
+    /// Delay added to every journal sync, in ms: EFS-latency emulation for benchmarks only.
+    pub journal_sync_delay_ms: u64,
+    /// At start, skip (and report) corrupt regions in the middle of the journal instead of refusing
+    /// to start. Messages in a skipped region are lost; acks in it are lost (messages may return).
+    pub journal_skip_corrupt: bool,
     /// Queues that exist from the start (with auto_create off, the only ones).
     pub queues: Vec<String>,
     /// Topics that exist from the start.
@@ -69,6 +80,11 @@ impl Default for BrokerConfig {
             destination_memory_limit: 256 * 1024 * 1024,
             producer_block_timeout_ms: 5_000,
             shutdown_timeout_ms: 5_000,
+            persistence: true,
+            journal_epoch: 1,
+            journal_segment_size: 64 * 1024 * 1024,
+            journal_sync_delay_ms: 0,
+            journal_skip_corrupt: false,
             queues: Vec::new(),
             topics: Vec::new(),
         }
@@ -92,6 +108,7 @@ impl BrokerConfig {
             listen: None,
             http: None,
             stomp: None,
+            persistence: false,
             ..BrokerConfig::default()
         }
     }
@@ -143,6 +160,24 @@ impl BrokerConfig {
             "must be 0 (off) or at least 100 ms".into(),
         );
         check(!self.name.is_empty(), "name", "must not be empty".into());
+        check(
+            (1 << 20..=1 << 32).contains(&self.journal_segment_size),
+            "journal_segment_size",
+            format!(
+                "must be between 1 MiB and 4 GiB (got {})",
+                self.journal_segment_size
+            ),
+        );
+        check(
+            self.journal_epoch >= 1,
+            "journal_epoch",
+            "must be at least 1".into(),
+        );
+        check(
+            self.journal_sync_delay_ms <= 1000,
+            "journal_sync_delay_ms",
+            "must be at most 1000 ms (it emulates slow storage for benchmarks)".into(),
+        );
         for q in &self.queues {
             if let Err(e) = tandem_protocol::model::Destination::queue(q) {
                 errs.push(ConfigError {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -17,17 +17,120 @@ use tandem_protocol::model::Destination;
 use tandem_protocol::selector::Selector;
 use tandem_protocol::wire::{self, AckKind, AckMode};
 use tandem_protocol::{CodecError, ErrorCode, Frame, PROTOCOL_VERSION};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use crate::broker::BrokerInner;
+use crate::journal::Record;
 use crate::message::{BrokerMessage, Refusal, now_ms};
 use crate::queue::Queue;
 use crate::session::{ConsumerShared, Outbound, SessionShared, Unacked};
+use crate::store::Durable;
 use crate::topic::{Subscription, Topic};
 
 struct Producer {
+    /// The stable name: with the sequence, the duplicate-detection key.
+    name: Arc<str>,
     destination: Option<Destination>,
+}
+
+/// A send that passed every check: where it goes.
+struct Routed {
+    msg: Arc<BrokerMessage>,
+    targets: Vec<Arc<Queue>>,
+    topic: Option<Arc<Topic>>,
+    /// Journaled under this (producer name, sequence): recorded as seen once durable.
+    dup: Option<(Arc<str>, u64)>,
+}
+
+impl Routed {
+    fn route(self, inner: &BrokerInner) {
+        let now = now_ms();
+        for q in &self.targets {
+            q.enqueue(self.msg.clone(), now);
+        }
+        if let Some(t) = self.topic {
+            t.published();
+        }
+        if let Some((producer, seq)) = self.dup {
+            inner.record_stored(producer, seq);
+        }
+    }
+}
+
+enum Accepted {
+    /// Routed (or dropped as expired or duplicate): confirm now.
+    Done,
+    /// Route and confirm once `Durable` resolves, after everything submitted before it.
+    Pending(Durable, Routed),
+}
+
+/// Work the confirmer finishes, in submission order, once the store made it durable.
+enum Confirm {
+    Send {
+        durable: Durable,
+        routed: Routed,
+        producer_id: u64,
+        sequence: u64,
+        receipt: bool,
+    },
+    /// Answer a request (an ack the client waits for) once its records are durable.
+    Reply { durable: Durable, request_id: u64 },
+}
+
+/// Finishes a connection's pending sends and replies in order. Completions resolve in journal
+/// batch order, so awaiting them one by one costs nothing while later ones are in flight.
+async fn confirmer(
+    inner: Arc<BrokerInner>,
+    out: Outbound,
+    mut rx: mpsc::UnboundedReceiver<Confirm>,
+    pending: Arc<AtomicUsize>,
+) {
+    while let Some(c) = rx.recv().await {
+        match c {
+            Confirm::Send {
+                durable,
+                routed,
+                producer_id,
+                sequence,
+                receipt,
+            } => match durable.await {
+                Ok(()) => {
+                    routed.route(&inner);
+                    if receipt {
+                        let r = wire::SendReceipt {
+                            producer_id,
+                            sequence,
+                        };
+                        let _ = out.send(Frame::SendReceipt(r));
+                    }
+                }
+                Err(e) => {
+                    inner.stats.sends_refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = out.send(Frame::SendFailure(wire::SendFailure {
+                        producer_id,
+                        sequence,
+                        code: ErrorCode::StorageFailure.code(),
+                        message: e.0,
+                    }));
+                }
+            },
+            Confirm::Reply {
+                durable,
+                request_id,
+            } => {
+                let frame = match durable.await {
+                    Ok(()) => Frame::Ok(wire::Ok {
+                        request_id,
+                        last_delivery_id: 0,
+                    }),
+                    Err(e) => Frame::error(request_id, ErrorCode::StorageFailure, e.0),
+                };
+                let _ = out.send(frame);
+            }
+        }
+        pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Attachment {
@@ -60,6 +163,10 @@ struct Connection {
     sessions: HashMap<u64, Arc<SessionShared>>,
     producers: HashMap<u64, Producer>,
     consumers: HashMap<u64, Consumer>,
+    /// Sends and replies waiting for the store, finished in order by the confirmer task.
+    confirm: mpsc::UnboundedSender<Confirm>,
+    /// How many of them are in flight (the fast path routes inline only when none are).
+    pending: Arc<AtomicUsize>,
 }
 
 /// Serves one connection until the peer leaves, an error closes it, or the broker shuts down.
@@ -83,6 +190,14 @@ pub(crate) async fn run<S>(
         return;
     };
     tracing::debug!(?client_id, ?heartbeat, "connected");
+    let (confirm, confirm_rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    inner.tasks.spawn(confirmer(
+        inner.clone(),
+        out.clone(),
+        confirm_rx,
+        pending.clone(),
+    ));
     let mut conn = Connection {
         inner,
         id,
@@ -91,6 +206,8 @@ pub(crate) async fn run<S>(
         sessions: HashMap::new(),
         producers: HashMap::new(),
         consumers: HashMap::new(),
+        confirm,
+        pending,
     };
     conn.serve(&mut inbound, heartbeat).await;
     conn.cleanup();
@@ -268,10 +385,22 @@ impl Connection {
     async fn handle(&mut self, frame: Frame) -> ControlFlow<()> {
         match frame {
             Frame::Send(s) => self.on_send(s).await,
-            Frame::Ack(a) => {
-                let r = self.on_ack(&a);
-                self.answer_optional(a.request_id, r);
-            }
+            Frame::Ack(a) => match self.on_ack(&a).await {
+                // The client waits: answer once the ack is durable, so an acknowledged message
+                // never comes back after a crash (invariant 2). Without a request id the ack is
+                // written all the same, unawaited.
+                Ok(Some(durable)) if a.request_id != 0 => {
+                    self.pending.fetch_add(1, Ordering::AcqRel);
+                    let c = Confirm::Reply {
+                        durable,
+                        request_id: a.request_id,
+                    };
+                    if self.confirm.send(c).is_err() {
+                        self.pending.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                r => self.answer_optional(a.request_id, r.map(drop)),
+            },
             Frame::Nack(n) => match self.on_nack(&n) {
                 Ok(mark) if n.request_id != 0 => {
                     let _ = self.out.send(Frame::Ok(wire::Ok {
@@ -397,52 +526,76 @@ impl Connection {
         if let Some(d) = &destination {
             self.inner.ensure(d)?;
         }
+        // The name keys duplicate detection across reconnects. A producer without one gets a name
+        // unique to this connection: its resends after a reconnect cannot be recognised.
+        let name: Arc<str> = if p.producer_name.is_empty() {
+            format!(
+                "{}:conn-{}:p{}",
+                self.inner.instance, self.id, p.producer_id
+            )
+            .into()
+        } else {
+            p.producer_name.as_str().into()
+        };
         self.producers
-            .insert(p.producer_id, Producer { destination });
+            .insert(p.producer_id, Producer { name, destination });
         Ok(())
     }
 
     async fn on_send(&mut self, s: wire::Send) {
         let (producer_id, sequence, receipt) = (s.producer_id, s.sequence, s.receipt);
-        let result = self.accept(s).await;
-        let frame = match result {
-            Ok(()) if receipt => Frame::SendReceipt(wire::SendReceipt {
-                producer_id,
-                sequence,
-            }),
-            Ok(()) => return,
-            Err(r) => {
-                self.inner
-                    .stats
-                    .sends_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                Frame::SendFailure(wire::SendFailure {
+        let failure = match self.accept(s).await {
+            Ok(Accepted::Done) => {
+                if receipt {
+                    let r = wire::SendReceipt {
+                        producer_id,
+                        sequence,
+                    };
+                    let _ = self.out.send(Frame::SendReceipt(r));
+                }
+                return;
+            }
+            Ok(Accepted::Pending(durable, routed)) => {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                let c = Confirm::Send {
+                    durable,
+                    routed,
                     producer_id,
                     sequence,
-                    code: r.code.code(),
-                    message: r.message,
-                })
+                    receipt,
+                };
+                if self.confirm.send(c).is_ok() {
+                    return;
+                }
+                Refusal::new(ErrorCode::Internal, "the connection's confirmer stopped")
             }
+            Err(r) => r,
         };
-        let _ = self.out.send(frame);
+        self.inner
+            .stats
+            .sends_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = self.out.send(Frame::SendFailure(wire::SendFailure {
+            producer_id,
+            sequence,
+            code: failure.code.code(),
+            message: failure.message,
+        }));
     }
 
-    async fn accept(&mut self, s: wire::Send) -> Result<(), Refusal> {
+    /// Checks, flow-controls and routes (or submits to the store) one send.
+    async fn accept(&mut self, s: wire::Send) -> Result<Accepted, Refusal> {
         let Some(producer) = self.producers.get(&s.producer_id) else {
             return Err(Refusal::new(
                 ErrorCode::UnknownProducer,
                 format!("producer {} is not open", s.producer_id),
             ));
         };
+        let producer_name = producer.name.clone();
         let now = now_ms();
         let id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
-        let msg = BrokerMessage::parse(
-            id,
-            s.message,
-            self.id,
-            self.inner.config.max_message_size,
-            now,
-        )?;
+        let max = self.inner.config.max_message_size;
+        let msg = BrokerMessage::parse(id, s.message, self.id, max, now)?;
         if let Some(d) = &producer.destination
             && *d != msg.destination
         {
@@ -463,12 +616,72 @@ impl Connection {
         self.inner.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         if msg.is_expired(now) {
             // JMS lets a provider drop a message that expired before delivery.
-            return Ok(());
+            return Ok(Accepted::Done);
         }
+        let durable_refs: Vec<String> = if msg.persistent && self.inner.store.persistent() {
+            targets
+                .iter()
+                .filter(|q| q.is_durable())
+                .map(|q| q.name().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let journaled = !durable_refs.is_empty();
+        if journaled && self.inner.is_duplicate(&producer_name, s.sequence) {
+            // A resend of a message already stored (invariant 3): confirm it, store nothing.
+            self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(Accepted::Done);
+        }
+        self.flow_control(&msg, &targets).await?;
+        let routed = Routed {
+            msg: Arc::new(msg),
+            targets,
+            topic,
+            dup: journaled.then(|| (producer_name.clone(), s.sequence)),
+        };
+        if !journaled {
+            if self.pending.load(Ordering::Acquire) == 0 {
+                routed.route(&self.inner);
+                return Ok(Accepted::Done);
+            }
+            // Earlier sends still wait for the store: keep this one behind them.
+            return Ok(Accepted::Pending(
+                Box::pin(std::future::ready(Ok(()))),
+                routed,
+            ));
+        }
+        let mut records = Vec::with_capacity(2 + durable_refs.len());
+        records.push(Record::AddMessage {
+            msg_id: id,
+            encoded: routed.msg.encoded.clone(),
+        });
+        for queue in durable_refs {
+            records.push(Record::AddRef { msg_id: id, queue });
+        }
+        records.push(Record::DupId {
+            producer: producer_name.to_string(),
+            seq: s.sequence,
+        });
+        let durable = self
+            .inner
+            .store
+            .submit(records)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.0))?;
+        Ok(Accepted::Pending(durable, routed))
+    }
+
+    /// Waits for room on every target, up to the producer block timeout.
+    async fn flow_control(
+        &self,
+        msg: &BrokerMessage,
+        targets: &[Arc<Queue>],
+    ) -> Result<(), Refusal> {
         let size = msg.size();
         let block = self.inner.config.producer_block_timeout();
         let deadline = Instant::now() + block;
-        for q in &targets {
+        for q in targets {
             if !q.has_room(size) && (block.is_zero() || !q.wait_for_room(size, deadline).await) {
                 let snap = q.snapshot();
                 return Err(Refusal::new(
@@ -482,22 +695,6 @@ impl Connection {
                     ),
                 ));
             }
-        }
-        if msg.persistent {
-            let names: Vec<&str> = targets.iter().map(|q| &**q.name()).collect();
-            self.inner
-                .store
-                .store(&msg, &names)
-                .await
-                .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.to_string()))?;
-        }
-        let msg = Arc::new(msg);
-        let now = now_ms();
-        for q in &targets {
-            q.enqueue(msg.clone(), now);
-        }
-        if let Some(t) = topic {
-            t.published();
         }
         Ok(())
     }
@@ -556,7 +753,7 @@ impl Connection {
             let topic = self.inner.topic(&dest)?;
             let name: Arc<str> =
                 format!("{}:sub:{}:{}", dest.name(), self.id, c.consumer_id).into();
-            let queue = Queue::new(name, self.inner.config.destination_memory_limit);
+            let queue = Queue::new(name, false, self.inner.config.destination_memory_limit);
             topic.subscribe(Arc::new(Subscription {
                 consumer_key: (self.id, c.consumer_id),
                 queue: queue.clone(),
@@ -594,7 +791,7 @@ impl Connection {
                     .collect();
                 ids.into_iter().filter_map(|id| u.remove(&id)).collect()
             };
-            requeue(unseen.into_iter().map(|u| (u, false)), now);
+            requeue(&self.inner, unseen.into_iter().map(|u| (u, false)), now);
         }
         if let Attachment::Topic { topic, .. } = &c.attachment {
             topic.unsubscribe((self.id, consumer_id));
@@ -616,11 +813,12 @@ impl Connection {
             let _ = self.on_consumer_close(id, None);
         }
         let (all, _) = session.take_all();
-        requeue(all.into_values().map(|u| (u, true)), now_ms());
+        requeue(&self.inner, all.into_values().map(|u| (u, true)), now_ms());
         Ok(())
     }
 
-    fn on_ack(&mut self, a: &wire::Ack) -> Result<(), Refusal> {
+    /// Acknowledges; returns the store's completion when the ack had to be journaled.
+    async fn on_ack(&mut self, a: &wire::Ack) -> Result<Option<Durable>, Refusal> {
         let Some(session) = self.sessions.get(&a.session_id) else {
             return Err(unknown_session(a.session_id));
         };
@@ -649,19 +847,34 @@ impl Connection {
             ));
         }
         let now = now_ms();
+        let journal = self.inner.store.persistent();
+        let mut records = Vec::new();
         for (queue, items) in group_by_queue(
             taken
                 .into_iter()
                 .map(|u| (u.queue, (u.consumer_key, u.entry))),
         ) {
-            for (_, e) in &items {
-                if e.msg.persistent {
-                    self.inner.store.acknowledge(e.msg.id, queue.name());
+            if journal && queue.is_durable() {
+                for (_, e) in items.iter().filter(|(_, e)| e.msg.persistent) {
+                    let queue = queue.name().to_string();
+                    records.push(Record::AckRef {
+                        msg_id: e.msg.id,
+                        queue,
+                    });
                 }
             }
             queue.ack(items, now);
         }
-        Ok(())
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let durable = self
+            .inner
+            .store
+            .submit(records)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.0))?;
+        Ok(Some(durable))
     }
 
     /// Returns the session's delivery-id mark for the answer (see `wire::Ok::last_delivery_id`).
@@ -677,7 +890,7 @@ impl Connection {
                     format!("delivery {} is not unacknowledged", n.delivery_id),
                 ));
             };
-            requeue([(u, true)], now);
+            requeue(&self.inner, [(u, true)], now);
             return Ok(0);
         }
         let seen_up_to: HashMap<u64, u64> = n
@@ -687,6 +900,7 @@ impl Connection {
             .collect();
         let (all, mark) = session.take_all();
         requeue(
+            &self.inner,
             all.into_iter().map(|(id, u)| {
                 let seen = seen_up_to
                     .get(&u.consumer_id)
@@ -710,14 +924,39 @@ impl Connection {
     }
 }
 
-fn requeue(items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
+/// Puts deliveries back; `seen` ones come back with their count raised, which is journaled for
+/// persistent messages (so that a restart does not forget redeliveries: the dead-letter policy
+/// counts them). The count write is not awaited: losing it in a crash only lowers a count.
+fn requeue(inner: &Arc<BrokerInner>, items: impl IntoIterator<Item = (Unacked, bool)>, now: i64) {
     let grouped = group_by_queue(
         items
             .into_iter()
             .map(|(u, seen)| (u.queue, (u.consumer_key, u.seq, u.entry, seen))),
     );
+    let journal = inner.store.persistent();
+    let mut records = Vec::new();
     for (queue, items) in grouped {
+        if journal && queue.is_durable() {
+            for (_, _, e, _) in items
+                .iter()
+                .filter(|(_, _, e, seen)| *seen && e.msg.persistent)
+            {
+                records.push(Record::DeliveryCount {
+                    msg_id: e.msg.id,
+                    queue: queue.name().to_string(),
+                    count: e.delivery_count + 1,
+                });
+            }
+        }
         queue.requeue(items, now);
+    }
+    if !records.is_empty() {
+        let inner = inner.clone();
+        inner.tasks.clone().spawn(async move {
+            if let Ok(durable) = inner.store.submit(records).await {
+                let _ = durable.await;
+            }
+        });
     }
 }
 

@@ -73,6 +73,23 @@ impl BrokerMessage {
                 ),
             ));
         }
+        let msg = BrokerMessage::decode(id, encoded, origin_connection)?;
+        if msg.headers.delivery_time > now_ms {
+            return Err(Refusal::new(
+                ErrorCode::NotImplemented,
+                "delivery delay (JMSDeliveryTime in the future) is not supported yet",
+            ));
+        }
+        Ok(msg)
+    }
+
+    /// A message read back from the journal: it passed [`BrokerMessage::parse`] when it was sent,
+    /// so only decoding can fail (a journal written by a newer format).
+    pub fn recovered(id: u64, encoded: Bytes) -> Result<BrokerMessage, Refusal> {
+        BrokerMessage::decode(id, encoded, 0)
+    }
+
+    fn decode(id: u64, encoded: Bytes, origin_connection: u64) -> Result<BrokerMessage, Refusal> {
         let h = wire::MessageHeaders::decode(encoded.clone()).map_err(|e| {
             Refusal::new(
                 ErrorCode::InvalidMessage,
@@ -99,12 +116,6 @@ impl BrokerMessage {
             Destination::from_wire(r).map_err(|e| {
                 Refusal::new(ErrorCode::InvalidDestination, format!("reply-to: {e}"))
             })?;
-        }
-        if h.delivery_time > now_ms {
-            return Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "delivery delay (JMSDeliveryTime in the future) is not supported yet",
-            ));
         }
         Ok(BrokerMessage {
             id,

@@ -82,6 +82,7 @@ pub struct QueueSnapshot {
 #[derive(Debug)]
 pub struct Queue {
     name: Arc<str>,
+    durable: bool,
     memory_limit: usize,
     state: Mutex<QueueState>,
     space: Notify,
@@ -92,10 +93,12 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// An empty queue with a memory budget.
-    pub fn new(name: Arc<str>, memory_limit: usize) -> Arc<Queue> {
+    /// An empty queue with a memory budget. A durable queue's persistent messages are journaled
+    /// (queues); others' are not (temporary queues, non-durable subscriptions).
+    pub fn new(name: Arc<str>, durable: bool, memory_limit: usize) -> Arc<Queue> {
         Arc::new(Queue {
             name,
+            durable,
             memory_limit,
             state: Mutex::new(QueueState::default()),
             space: Notify::new(),
@@ -108,6 +111,11 @@ impl Queue {
     /// The name (for subscriptions: the subscription's own name).
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// Whether persistent messages on this queue are journaled.
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     /// Removed (a closed non-durable subscription): returns are dropped.
@@ -176,6 +184,26 @@ impl Queue {
         );
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         self.dispatch(&mut st, now_ms);
+    }
+
+    /// Puts a recovered message back (no dispatch: no consumer exists yet at recovery). It may
+    /// have been delivered before the crash, so it comes back flagged redelivered with its count
+    /// raised (invariant 2): `delivery_count` is the last count the journal holds.
+    pub fn restore(&self, msg: Arc<BrokerMessage>, delivery_count: u32) {
+        let mut st = self.state.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.memory += msg.size();
+        st.ready_count += 1;
+        let prio = usize::from(msg.priority.min(9));
+        st.ready[prio].insert(
+            seq,
+            Entry {
+                msg,
+                delivery_count: delivery_count.saturating_add(1),
+                redelivered: true,
+            },
+        );
     }
 
     /// Attaches a consumer and dispatches to it.

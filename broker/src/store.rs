@@ -1,45 +1,124 @@
 //! The store seam: where the send and ack paths hand persistent work to durable storage.
 //!
-//! The broker calls [`MessageStore::store`] for every persistent message before it routes it and
-//! before the producer's receipt (invariant 1), and [`MessageStore::acknowledge`] when a delivery of
-//! a persistent message is acknowledged. [`MemoryStore`] keeps nothing: with it a restart loses every
-//! message, which `/health` reports as `"store":"memory"`. The journal implements this trait.
+//! The broker describes its durable changes as journal [`Record`]s (message bodies stored once,
+//! refs per queue, acks, delivery counts, duplicate-detection ids) and submits them in units that
+//! must survive or vanish together. [`MessageStore::submit`] waits only for room in the store's
+//! bounded queue; the [`Durable`] future it returns resolves once the unit is durable. The
+//! connection keeps reading while earlier units are in flight (pipelining), and confirms each send
+//! to its producer only when its unit is durable (invariant 1).
+//!
+//! Two implementations: the file [`Journal`] (`"journal"`) and [`MemoryStore`] (`"memory"`),
+//! which keeps nothing, so a restart loses every message (embedded brokers and tests).
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::message::BrokerMessage;
+use crate::journal::{Journal, JournalError, Record};
 
 /// A failure to make something durable.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("store: {0}")]
+#[error("{0}")]
 pub struct StoreError(pub String);
 
-/// Resolves once the store has made the work durable.
-pub type StoreFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
-
-/// Durable storage for persistent messages.
-pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Makes `msg` and its placement on `queues` durable.
-    fn store(&self, msg: &BrokerMessage, queues: &[&str]) -> StoreFuture;
-    /// Records that `msg_id` left `queue` (acknowledged).
-    fn acknowledge(&self, msg_id: u64, queue: &str);
-    /// A short name for `/health`.
-    fn kind(&self) -> &'static str;
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> StoreError {
+        if e.is_storage_full() {
+            StoreError(format!(
+                "the journal's disk is full; the message was not stored ({e})"
+            ))
+        } else {
+            StoreError(format!("the journal could not store the message: {e}"))
+        }
+    }
 }
 
-/// Keeps nothing; every future is ready at once.
+/// Resolves once a submitted unit is durable.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
+/// What `submit` returns: a unit accepted (its durability pending) or refused at once.
+pub type Submitted<'a> = Pin<Box<dyn Future<Output = Result<Durable, StoreError>> + Send + 'a>>;
+
+/// Durable storage for persistent messages.
+pub trait MessageStore: Send + Sync + fmt::Debug + 'static {
+    /// Queues `records` as one atomic unit. Waits only for room in the store's queue.
+    fn submit(&self, records: Vec<Record>) -> Submitted<'_>;
+    /// Whether anything survives a restart (the broker skips building records when not).
+    fn persistent(&self) -> bool;
+    /// A short name for `/health`.
+    fn kind(&self) -> &'static str;
+    /// Flushes and stops; later submits fail.
+    fn close(&self) {}
+}
+
+/// Keeps nothing; every unit is "durable" at once.
 #[derive(Debug, Default)]
 pub struct MemoryStore;
 
 impl MessageStore for MemoryStore {
-    fn store(&self, _msg: &BrokerMessage, _queues: &[&str]) -> StoreFuture {
-        Box::pin(std::future::ready(Ok(())))
+    fn submit(&self, _records: Vec<Record>) -> Submitted<'_> {
+        Box::pin(std::future::ready(Ok(
+            Box::pin(std::future::ready(Ok(()))) as Durable
+        )))
     }
 
-    fn acknowledge(&self, _msg_id: u64, _queue: &str) {}
+    fn persistent(&self) -> bool {
+        false
+    }
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+/// The file journal as a store.
+pub struct JournalStore {
+    journal: Arc<Journal>,
+}
+
+impl JournalStore {
+    /// Wraps an open journal.
+    pub fn new(journal: Journal) -> JournalStore {
+        JournalStore {
+            journal: Arc::new(journal),
+        }
+    }
+
+    /// The journal, for statistics.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+}
+
+impl fmt::Debug for JournalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JournalStore")
+            .field("dir", &self.journal.dir())
+            .finish()
+    }
+}
+
+impl MessageStore for JournalStore {
+    fn submit(&self, records: Vec<Record>) -> Submitted<'_> {
+        Box::pin(async move {
+            let completion = self.journal.append_async(records).await?;
+            Ok(Box::pin(async move {
+                completion.await?;
+                Ok(())
+            }) as Durable)
+        })
+    }
+
+    fn persistent(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "journal"
+    }
+
+    fn close(&self) {
+        self.journal.close();
     }
 }

@@ -1,0 +1,221 @@
+//! The journal behind the broker: what survives a restart, duplicate detection, a full disk,
+//! corruption. Raw frames over in-process connections; the kill -9 tests are in the root
+//! package's system tests.
+
+mod support;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::*;
+use tandem_broker::journal::{IoFaults, JournalOptions};
+use tandem_broker::{Broker, BrokerConfig, BrokerError};
+use tandem_protocol::wire::{self, AckKind, AckMode};
+use tandem_protocol::ErrorCode;
+
+fn config(dir: &Path) -> BrokerConfig {
+    BrokerConfig { persistence: true, data_dir: dir.to_path_buf(), ..BrokerConfig::embedded() }
+}
+
+async fn producer_named(c: &mut Raw, producer_id: u64, name: &str, q: &tandem_protocol::model::Destination) {
+    c.request(|request_id| {
+        wire::ProducerOpen {
+            request_id,
+            session_id: 1,
+            producer_id,
+            producer_name: name.into(),
+            destination: Some(q.to_wire()),
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+}
+
+/// Drains a queue with a fresh auto-ack consumer: (n, redelivered, delivery_count) in order.
+async fn drain(b: &Broker, q: &tandem_protocol::model::Destination) -> Vec<(i64, bool, u32)> {
+    let mut c = Raw::local(b).await;
+    c.session(1, AckMode::Auto).await;
+    c.consumer(1, 1, q, 100).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(d) = c.deliver_within(Duration::from_millis(500)).await {
+        got.push((n_of(&d), d.redelivered, d.delivery_count));
+        c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_unacked_persistent_messages_flagged_and_never_returns_acked_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("durable.orders");
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    assert_eq!(b.health().store, "journal");
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    for i in 1..=10 {
+        p.send_msg(1, i, text(&q, i as u64, true)).await.unwrap();
+    }
+    for i in 11..=13 {
+        p.send_msg(1, i, text(&q, i as u64, false)).await.unwrap();
+    }
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Client).await;
+    c.consumer(1, 1, &q, 4).await.unwrap();
+    let ds: Vec<_> = [c.deliver().await, c.deliver().await, c.deliver().await, c.deliver().await].into();
+    assert_eq!(ds.iter().map(n_of).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // A durable ack of 1 and 2: the Ok comes only once the ack is in the journal.
+    c.request(|request_id| {
+        wire::Ack {
+            session_id: 1,
+            consumer_id: 1,
+            delivery_id: ds[1].delivery_id,
+            kind: AckKind::Cumulative as i32,
+            request_id,
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    b.shutdown().await;
+
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let got = drain(&b, &q).await;
+    let ns: Vec<i64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(ns, (3..=10).collect::<Vec<_>>(), "acked 1-2 gone, non-persistent 11-13 gone, order kept");
+    assert!(got.iter().all(|g| g.1 && g.2 >= 2), "every recovered message is flagged: {got:?}");
+    b.shutdown().await;
+
+    // Acked after the restart: gone for good.
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    assert!(drain(&b, &q).await.is_empty());
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_of_stored_messages_are_recognised_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("dedup");
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    producer_named(&mut p, 1, "orders-service-7", &q).await;
+    for i in 1..=5 {
+        p.send_msg(1, i, text(&q, i, true)).await.unwrap();
+    }
+    // Same connection, same producer: a resend of 5 is confirmed but not stored again.
+    p.send_msg(1, 5, text(&q, 5, true)).await.unwrap();
+    b.shutdown().await;
+
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    // After "failover", the producer resends 4 and 5 (unconfirmed, it thinks) and goes on with 6.
+    producer_named(&mut p, 1, "orders-service-7", &q).await;
+    for i in 4..=6 {
+        p.send_msg(1, i, text(&q, i, true)).await.unwrap();
+    }
+    let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
+    assert_eq!(ns, vec![1, 2, 3, 4, 5, 6], "each message exactly once");
+    assert_eq!(b.stats().duplicates.load(Ordering::Relaxed), 2);
+    b.shutdown().await;
+}
+
+/// Fails every segment write with "no space left" while `full` is set.
+#[derive(Default)]
+struct DiskFull {
+    full: AtomicBool,
+}
+
+impl IoFaults for DiskFull {
+    fn on_write(&self, _: &Path, _: u64, _: usize) -> Option<(usize, io::Error)> {
+        self.full
+            .load(Ordering::SeqCst)
+            .then(|| (0, io::Error::from(io::ErrorKind::StorageFull)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_persistent_sends_clearly_keeps_serving_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("full.disk");
+    let faults = Arc::new(DiskFull::default());
+    let mut options = JournalOptions::new(1);
+    options.faults = Some(faults.clone());
+    let b = Broker::start_with_journal(config(dir.path()), options).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Client).await;
+    c.consumer(1, 1, &q, 100).await.unwrap();
+
+    p.send_msg(1, 1, text(&q, 1, true)).await.unwrap();
+    assert_eq!(n_of(&c.deliver().await), 1);
+
+    faults.full.store(true, Ordering::SeqCst);
+    let (code, message) = p.send_msg(1, 2, text(&q, 2, true)).await.unwrap_err();
+    assert_eq!(code, ErrorCode::StorageFailure);
+    assert!(message.contains("disk is full"), "{message}");
+    // Non-persistent traffic and consumers keep going while the disk is full.
+    p.send_msg(1, 3, text(&q, 3, false)).await.unwrap();
+    assert_eq!(n_of(&c.deliver().await), 3);
+
+    faults.full.store(false, Ordering::SeqCst);
+    p.send_msg(1, 4, text(&q, 4, true)).await.unwrap();
+    assert_eq!(n_of(&c.deliver().await), 4);
+    b.shutdown().await;
+
+    // Confirmed messages are there after a restart; the refused one never is.
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
+    assert_eq!(ns, vec![1, 4]);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_mid_journal_stops_the_start_naming_segment_and_offset_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("corrupt");
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    let mut first = tandem_protocol::model::Message::text("FIRST-BODY-MARKER");
+    first.destination = Some(q.clone());
+    let first = first.with_property("n", 1i64).unwrap();
+    p.send_msg(1, 1, first.encode()).await.unwrap();
+    p.send_msg(1, 2, text(&q, 2, true)).await.unwrap();
+    b.shutdown().await;
+
+    // Flip one byte of the first message's body: its batch fails its CRC, a valid batch follows.
+    let seg = std::fs::read_dir(dir.path().join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .find(|p| {
+            let b = std::fs::read(p).unwrap();
+            b.windows(17).any(|w| w == b"FIRST-BODY-MARKER")
+        })
+        .expect("the segment holding the first message");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(17).position(|w| w == b"FIRST-BODY-MARKER").unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let err = Broker::start(config(dir.path())).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Journal { .. }), "{err}");
+    let text = err.to_string();
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert!(text.contains(name) && text.contains("offset"), "{text}");
+
+    let skip = BrokerConfig { journal_skip_corrupt: true, ..config(dir.path()) };
+    let b = Broker::start(skip).await.unwrap();
+    let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
+    assert_eq!(ns, vec![2], "the corrupt batch is skipped, the rest served");
+    b.shutdown().await;
+}

@@ -13,14 +13,23 @@ use std::time::Duration;
 use support::*;
 use tandem_broker::journal::{IoFaults, JournalOptions};
 use tandem_broker::{Broker, BrokerConfig, BrokerError};
-use tandem_protocol::wire::{self, AckKind, AckMode};
 use tandem_protocol::ErrorCode;
+use tandem_protocol::wire::{self, AckKind, AckMode};
 
 fn config(dir: &Path) -> BrokerConfig {
-    BrokerConfig { persistence: true, data_dir: dir.to_path_buf(), ..BrokerConfig::embedded() }
+    BrokerConfig {
+        persistence: true,
+        data_dir: dir.to_path_buf(),
+        ..BrokerConfig::embedded()
+    }
 }
 
-async fn producer_named(c: &mut Raw, producer_id: u64, name: &str, q: &tandem_protocol::model::Destination) {
+async fn producer_named(
+    c: &mut Raw,
+    producer_id: u64,
+    name: &str,
+    q: &tandem_protocol::model::Destination,
+) {
     c.request(|request_id| {
         wire::ProducerOpen {
             request_id,
@@ -66,7 +75,13 @@ async fn restart_keeps_unacked_persistent_messages_flagged_and_never_returns_ack
     let mut c = Raw::local(&b).await;
     c.session(1, AckMode::Client).await;
     c.consumer(1, 1, &q, 4).await.unwrap();
-    let ds: Vec<_> = [c.deliver().await, c.deliver().await, c.deliver().await, c.deliver().await].into();
+    let ds: Vec<_> = [
+        c.deliver().await,
+        c.deliver().await,
+        c.deliver().await,
+        c.deliver().await,
+    ]
+    .into();
     assert_eq!(ds.iter().map(n_of).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     // A durable ack of 1 and 2: the Ok comes only once the ack is in the journal.
     c.request(|request_id| {
@@ -86,8 +101,15 @@ async fn restart_keeps_unacked_persistent_messages_flagged_and_never_returns_ack
     let b = Broker::start(config(dir.path())).await.unwrap();
     let got = drain(&b, &q).await;
     let ns: Vec<i64> = got.iter().map(|g| g.0).collect();
-    assert_eq!(ns, (3..=10).collect::<Vec<_>>(), "acked 1-2 gone, non-persistent 11-13 gone, order kept");
-    assert!(got.iter().all(|g| g.1 && g.2 >= 2), "every recovered message is flagged: {got:?}");
+    assert_eq!(
+        ns,
+        (3..=10).collect::<Vec<_>>(),
+        "acked 1-2 gone, non-persistent 11-13 gone, order kept"
+    );
+    assert!(
+        got.iter().all(|g| g.1 && g.2 >= 2),
+        "every recovered message is flagged: {got:?}"
+    );
     b.shutdown().await;
 
     // Acked after the restart: gone for good.
@@ -146,7 +168,9 @@ async fn a_full_disk_fails_persistent_sends_clearly_keeps_serving_and_recovers()
     let faults = Arc::new(DiskFull::default());
     let mut options = JournalOptions::new(1);
     options.faults = Some(faults.clone());
-    let b = Broker::start_with_journal(config(dir.path()), options).await.unwrap();
+    let b = Broker::start_with_journal(config(dir.path()), options)
+        .await
+        .unwrap();
     let mut p = Raw::local(&b).await;
     p.session(1, AckMode::Auto).await;
     p.producer(1, 1, Some(&q)).await;
@@ -203,7 +227,10 @@ async fn corruption_mid_journal_stops_the_start_naming_segment_and_offset_unless
         })
         .expect("the segment holding the first message");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.windows(17).position(|w| w == b"FIRST-BODY-MARKER").unwrap();
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"FIRST-BODY-MARKER")
+        .unwrap();
     bytes[at] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
 
@@ -213,7 +240,10 @@ async fn corruption_mid_journal_stops_the_start_naming_segment_and_offset_unless
     let name = seg.file_name().unwrap().to_str().unwrap();
     assert!(text.contains(name) && text.contains("offset"), "{text}");
 
-    let skip = BrokerConfig { journal_skip_corrupt: true, ..config(dir.path()) };
+    let skip = BrokerConfig {
+        journal_skip_corrupt: true,
+        ..config(dir.path())
+    };
     let b = Broker::start(skip).await.unwrap();
     let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
     assert_eq!(ns, vec![2], "the corrupt batch is skipped, the rest served");

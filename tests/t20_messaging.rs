@@ -26,6 +26,9 @@ impl Target {
             let mut config: BrokerConfig = toml::from_str(toml).unwrap();
             config.listen = None;
             config.http = None;
+            config.stomp = None;
+            // In memory: a journal under the default ./data would be shared between runs.
+            config.persistence = false;
             let rt = tokio::runtime::Handle::current();
             let b = tokio::task::block_in_place(|| rt.block_on(Broker::start(config))).unwrap();
             Target::Embedded(b)

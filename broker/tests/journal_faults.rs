@@ -438,3 +438,54 @@ fn a_failed_roll_after_cutting_debris_keeps_writing_to_the_journal() {
     let (_j, r) = open(dir.path()).unwrap();
     assert_eq!(ids(&r), ok);
 }
+
+/// The failover lease's write gate: once it says no, the journal writes nothing more, ever.
+#[test]
+fn a_closed_write_gate_fences_the_journal_for_good() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tandem_broker::journal::WriteGate;
+
+    struct Gate(AtomicBool);
+    impl WriteGate for Gate {
+        fn may_write(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gate = std::sync::Arc::new(Gate(AtomicBool::new(true)));
+    let mut opts = tandem_broker::journal::JournalOptions::new(1);
+    opts.write_gate = Some(gate.clone());
+    let (j, _) = tandem_broker::journal::Journal::open(dir.path(), opts).unwrap();
+    let add = |id: u64| {
+        vec![
+            tandem_broker::journal::Record::AddMessage {
+                msg_id: id,
+                encoded: bytes::Bytes::from_static(b"m"),
+            },
+            tandem_broker::journal::Record::AddRef {
+                msg_id: id,
+                queue: "q".into(),
+            },
+        ]
+    };
+    j.append(add(1)).unwrap().wait().unwrap();
+    gate.0.store(false, Ordering::SeqCst);
+    let e = j.append(add(2)).unwrap().wait().unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    // Even with the gate open again, a fenced journal stays fenced.
+    gate.0.store(true, Ordering::SeqCst);
+    let r = j.append(add(3)).and_then(|c| c.wait());
+    assert!(r.is_err_and(|e| e.is_fenced()));
+    drop(j);
+    let (_j, rec) = tandem_broker::journal::Journal::open(
+        dir.path(),
+        tandem_broker::journal::JournalOptions::new(2),
+    )
+    .unwrap();
+    let ids: Vec<u64> = rec.messages.iter().map(|m| m.msg_id).collect();
+    assert_eq!(
+        ids,
+        vec![1],
+        "nothing after the gate closed reached the disk"
+    );
+}

@@ -232,6 +232,15 @@ pub struct JournalOptions {
     pub compaction_ratio: u32,
     /// Test hook to inject I/O errors.
     pub faults: Option<Arc<dyn IoFaults>>,
+    /// Asked before every batch is written: a lane writes only while it holds the lease. When it
+    /// says no, the journal fences itself (the batch and everything queued fail with `Fenced`).
+    pub write_gate: Option<Arc<dyn WriteGate>>,
+}
+
+/// Whether this writer may write now (the failover lease's deadline, checked on the real clock).
+pub trait WriteGate: Send + Sync + 'static {
+    /// `false` once the lease's write deadline has passed or a newer epoch exists.
+    fn may_write(&self) -> bool;
 }
 
 impl JournalOptions {
@@ -247,6 +256,7 @@ impl JournalOptions {
             compaction: true,
             compaction_ratio: 4,
             faults: None,
+            write_gate: None,
         }
     }
 
@@ -277,6 +287,7 @@ impl fmt::Debug for JournalOptions {
             .field("compaction", &self.compaction)
             .field("compaction_ratio", &self.compaction_ratio)
             .field("faults", &self.faults.is_some())
+            .field("write_gate", &self.write_gate.is_some())
             .finish()
     }
 }

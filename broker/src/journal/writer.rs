@@ -386,6 +386,22 @@ impl Writer {
 
     /// Writes `self.buf` (one framed batch) at the end of the active segment and syncs it.
     fn write_durable(&mut self) -> Result<(), JournalError> {
+        if let Some(gate) = &self.opts.write_gate
+            && !gate.may_write()
+        {
+            // The lease is gone (or about to be): not one more byte (invariant 8). Stop for good:
+            // a fenced writer never writes again.
+            let err = JournalError::Fenced {
+                ours: self.shared.epoch,
+                newer: None,
+            };
+            self.shared.stop(err.clone());
+            tracing::warn!(
+                epoch = self.shared.epoch,
+                "journal fenced by the write gate"
+            );
+            return Err(err);
+        }
         let len = self.buf.len() as u64;
         if self.active.offset + len > self.opts.segment_size
             && self.active.offset > SEGMENT_HEADER_LEN as u64

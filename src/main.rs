@@ -4,7 +4,7 @@
 //! TOML file named by `--config` (or `TANDEM_CONFIG`), environment variables, flags.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -53,6 +53,15 @@ struct RunArgs {
     /// Add this many ms to every journal sync: emulates EFS latency (~3 ms) for benchmarks.
     #[arg(long, env = "TANDEM_JOURNAL_SYNC_DELAY_MS", value_name = "MS")]
     journal_sync_delay_ms: Option<u64>,
+    /// Run as a failover lane (e.g. `a` or `b`): serve only while holding the lease on --shared-dir.
+    #[arg(long, env = "TANDEM_LANE", value_name = "ID", requires = "shared_dir")]
+    lane: Option<String>,
+    /// The volume the two lanes share (lease and journal); with --lane, it is the data dir.
+    #[arg(long, env = "TANDEM_SHARED_DIR", value_name = "DIR", requires = "lane")]
+    shared_dir: Option<PathBuf>,
+    /// Lease time-to-live: the dormant takes over this long after the active stops renewing.
+    #[arg(long, env = "TANDEM_LEASE_TTL_MS", value_name = "MS", default_value_t = 1000)]
+    lease_ttl_ms: u64,
     /// Keep messages in memory only: nothing survives a restart.
     #[arg(long, env = "TANDEM_NO_PERSISTENCE")]
     no_persistence: bool,
@@ -107,6 +116,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    if let (Some(lane), Some(shared)) = (&args.lane, &args.shared_dir) {
+        return run_lane(lane, shared, args.lease_ttl_ms, config).await;
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let broker = Broker::start(config).await?;
@@ -121,6 +133,38 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("signal received; shutting down");
     broker.shutdown().await;
+    Ok(())
+}
+
+/// A failover lane: the broker runs only while this lane holds the lease.
+async fn run_lane(lane: &str, shared: &Path, ttl_ms: u64, config: BrokerConfig) -> anyhow::Result<()> {
+    use tandem_cluster::{LaneId, LaneOptions, Timing};
+    std::fs::create_dir_all(shared)
+        .with_context(|| format!("creating shared dir {}", shared.display()))?;
+    let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    let (native, stomp) = (show(config.listen), show(config.stomp));
+    let opts = LaneOptions {
+        lane: LaneId::new(lane).map_err(|e| anyhow::anyhow!("--lane {lane:?}: {e}"))?,
+        shared_dir: shared.to_path_buf(),
+        timing: Timing::from_ttl(std::time::Duration::from_millis(ttl_ms)),
+        broker: config,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let lane = lane.to_string();
+    let mut lane_task = tokio::spawn(tandem_cluster::run_lane(opts, stop.clone(), move |http| {
+        // Listeners open only while active, on the configured addresses.
+        println!("READY native={native} http={} stomp={stomp} lane={lane}", show(http));
+    }));
+    tokio::select! {
+        r = wait_for_signal() => {
+            r?;
+            tracing::info!("signal received; leaving the lease");
+            stop.cancel();
+            lane_task.await.context("lane task")??;
+        }
+        // The lane ends by itself only on an error (e.g. the HTTP port is taken).
+        r = &mut lane_task => r.context("lane task")??,
+    }
     Ok(())
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct BrokerInner {
     pub dup_seen: Mutex<HashMap<Arc<str>, u64>>,
     /// Distinguishes this broker process in generated names.
     pub instance: String,
+    /// Set when the lane lost its lease: connections close with `Fenced`, not `ShuttingDown`.
+    pub fenced: std::sync::atomic::AtomicBool,
 }
 
 impl BrokerInner {
@@ -307,6 +309,7 @@ impl Broker {
             stats: BrokerStats::default(),
             store,
             dup_seen: Mutex::new(HashMap::new()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
         });
         if let Some(recovered) = recovered {
@@ -375,6 +378,12 @@ impl Broker {
         move || connect_local(&inner).map_err(|e| e.to_string())
     }
 
+    /// What this broker's `/health` and `/metrics` would serve, for a server of someone else's (the
+    /// failover lane reports its role and the current broker's metrics).
+    pub fn http_source(&self) -> std::sync::Arc<dyn crate::http::HttpSource> {
+        crate::http::broker_source(self.inner.clone())
+    }
+
     /// Liveness and role, as `/health` reports it.
     pub fn health(&self) -> Health {
         health(&self.inner)
@@ -394,6 +403,23 @@ impl Broker {
     /// Broker-wide counters.
     pub fn stats(&self) -> &BrokerStats {
         &self.inner.stats
+    }
+
+    /// The lane lost its lease (failover): the journal stops at once (nothing more is written;
+    /// queued sends fail), every connection is closed with `Fenced` so clients fail over, and the
+    /// listeners stop. Returns when the connections are gone (bounded by the shutdown timeout).
+    pub async fn fence(self) {
+        self.inner.fenced.store(true, Ordering::SeqCst);
+        let inner = self.inner.clone();
+        // First the journal: not one more byte, whatever the connections are doing.
+        let _ = tokio::task::spawn_blocking(move || inner.store.fence()).await;
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        let wait = Duration::from_millis(self.inner.config.shutdown_timeout_ms);
+        if tokio::time::timeout(wait, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!("fence: connections still open after {wait:?}; leaving them");
+        }
+        tracing::warn!("broker fenced");
     }
 
     /// Stops accepting, tells every connection to close (Close with ShuttingDown), waits up to the

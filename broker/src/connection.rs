@@ -330,7 +330,11 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.close(ErrorCode::ShuttingDown, "the broker is shutting down");
+                    if self.inner.fenced.load(Ordering::SeqCst) {
+                        self.close(ErrorCode::Fenced, "this lane lost its lease: fail over");
+                    } else {
+                        self.close(ErrorCode::ShuttingDown, "the broker is shutting down");
+                    }
                     return;
                 }
                 f = inbound.next() => match f {

@@ -17,30 +17,63 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::{BrokerError, BrokerInner, health};
+
+/// What the HTTP endpoints report: a standalone broker, or a failover lane (whose role decides).
+pub trait HttpSource: Send + Sync + 'static {
+    /// `/health`: whether to answer 200 (serving) or 503, and the JSON body.
+    fn health(&self) -> (bool, String);
+    /// `/metrics`: Prometheus text.
+    fn metrics(&self) -> String;
+}
+
+struct BrokerHttp(Arc<BrokerInner>);
+
+impl HttpSource for BrokerHttp {
+    fn health(&self) -> (bool, String) {
+        let h = health(&self.0);
+        let body = format!(
+            "{{\"state\":\"{}\",\"role\":\"single\",\"version\":\"{}\",\"uptime_secs\":{},\"connections\":{},\"store\":\"{}\"}}\n",
+            h.state, h.version, h.uptime_secs, h.connections, h.store
+        );
+        (h.state == "active", body)
+    }
+
+    fn metrics(&self) -> String {
+        metrics_text(&self.0)
+    }
+}
+
+pub(crate) fn broker_source(inner: Arc<BrokerInner>) -> Arc<dyn HttpSource> {
+    Arc::new(BrokerHttp(inner))
+}
 
 pub(crate) async fn start(
     inner: Arc<BrokerInner>,
     addr: SocketAddr,
 ) -> Result<SocketAddr, BrokerError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| BrokerError::Bind {
-            what: "http",
-            addr,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| BrokerError::Bind {
-        what: "http",
-        addr,
-        source,
-    })?;
-    let tasks = inner.tasks.clone();
-    tasks.spawn(async move {
+    let (shutdown, tasks) = (inner.shutdown.clone(), inner.tasks.clone());
+    serve(addr, Arc::new(BrokerHttp(inner)), shutdown, tasks).await
+}
+
+/// Serves `/health` and `/metrics` from `source` on `addr` until `shutdown`; tasks go on `tasks`.
+pub async fn serve(
+    addr: SocketAddr,
+    source: Arc<dyn HttpSource>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<SocketAddr, BrokerError> {
+    let bind = |source| BrokerError::Bind { what: "http", addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    let spawner = tasks.clone();
+    spawner.spawn(async move {
         loop {
             let (sock, _) = tokio::select! {
-                _ = inner.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -50,12 +83,12 @@ pub(crate) async fn start(
                     }
                 },
             };
-            let inner = inner.clone();
-            let shutdown = inner.shutdown.clone();
-            inner.tasks.clone().spawn(async move {
+            let source = source.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
                 let svc = service_fn(move |req| {
-                    let inner = inner.clone();
-                    async move { Ok::<_, Infallible>(route(&inner, req)) }
+                    let source = source.clone();
+                    async move { Ok::<_, Infallible>(route(&*source, req)) }
                 });
                 let conn = http1::Builder::new()
                     .max_buf_size(16 * 1024)
@@ -71,7 +104,7 @@ pub(crate) async fn start(
     Ok(bound)
 }
 
-fn route(inner: &BrokerInner, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(source: &dyn HttpSource, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &'static str, body: String| {
         Response::builder()
             .status(status)
@@ -80,36 +113,16 @@ fn route(inner: &BrokerInner, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .expect("static response parts")
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
         "/health" => {
-            let h = health(inner);
-            let status = if h.state == "active" {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let body = format!(
-                "{{\"state\":\"{}\",\"role\":\"{}\",\"version\":\"{}\",\"uptime_secs\":{},\"connections\":{},\"store\":\"{}\"}}\n",
-                h.state, "single", h.version, h.uptime_secs, h.connections, h.store
-            );
+            let (ok, body) = source.health();
+            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             reply(status, "application/json", body)
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics_text(inner),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "try /health or /metrics\n".into(),
-        ),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", source.metrics()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /health or /metrics\n".into()),
     }
 }
 

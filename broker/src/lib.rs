@@ -25,7 +25,7 @@
 mod broker;
 pub mod config;
 mod connection;
-mod http;
+pub mod http;
 pub mod journal;
 mod listener;
 pub mod message;

@@ -50,6 +50,8 @@ pub trait MessageStore: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
     /// Flushes and stops; later submits fail.
     fn close(&self) {}
+    /// Stops at once without writing anything more (the lane lost its lease); queued work fails.
+    fn fence(&self) {}
 }
 
 /// Keeps nothing; every unit is "durable" at once.
@@ -120,5 +122,9 @@ impl MessageStore for JournalStore {
 
     fn close(&self) {
         self.journal.close();
+    }
+
+    fn fence(&self) {
+        self.journal.fence();
     }
 }

@@ -148,11 +148,13 @@
 mod config;
 pub mod driver;
 pub mod machine;
+pub mod runtime;
 pub mod store;
 mod types;
 
 pub use config::{Config, ConfigError, Timing};
 pub use driver::{DriverHandle, LeaseDriver, NotHolding, RecoveryReporter, WriteGuard};
 pub use machine::{Action, ClaimOutcome, Event, FenceReason, RenewOutcome, Role, RoleMachine};
+pub use runtime::{LaneError, LaneOptions, run_lane};
 pub use store::{FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore};
 pub use types::{Epoch, LaneId, LeaseView};

@@ -60,7 +60,12 @@ struct RunArgs {
     #[arg(long, env = "TANDEM_SHARED_DIR", value_name = "DIR", requires = "lane")]
     shared_dir: Option<PathBuf>,
     /// Lease time-to-live: the dormant takes over this long after the active stops renewing.
-    #[arg(long, env = "TANDEM_LEASE_TTL_MS", value_name = "MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "TANDEM_LEASE_TTL_MS",
+        value_name = "MS",
+        default_value_t = 1000
+    )]
     lease_ttl_ms: u64,
     /// Keep messages in memory only: nothing survives a restart.
     #[arg(long, env = "TANDEM_NO_PERSISTENCE")]
@@ -137,7 +142,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// A failover lane: the broker runs only while this lane holds the lease.
-async fn run_lane(lane: &str, shared: &Path, ttl_ms: u64, config: BrokerConfig) -> anyhow::Result<()> {
+async fn run_lane(
+    lane: &str,
+    shared: &Path,
+    ttl_ms: u64,
+    config: BrokerConfig,
+) -> anyhow::Result<()> {
     use tandem_cluster::{LaneId, LaneOptions, Timing};
     std::fs::create_dir_all(shared)
         .with_context(|| format!("creating shared dir {}", shared.display()))?;
@@ -153,7 +163,10 @@ async fn run_lane(lane: &str, shared: &Path, ttl_ms: u64, config: BrokerConfig) 
     let lane = lane.to_string();
     let mut lane_task = tokio::spawn(tandem_cluster::run_lane(opts, stop.clone(), move |http| {
         // Listeners open only while active, on the configured addresses.
-        println!("READY native={native} http={} stomp={stomp} lane={lane}", show(http));
+        println!(
+            "READY native={native} http={} stomp={stomp} lane={lane}",
+            show(http)
+        );
     }));
     tokio::select! {
         r = wait_for_signal() => {

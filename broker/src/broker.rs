@@ -416,7 +416,10 @@ impl Broker {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let wait = Duration::from_millis(self.inner.config.shutdown_timeout_ms);
-        if tokio::time::timeout(wait, self.inner.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(wait, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("fence: connections still open after {wait:?}; leaving them");
         }
         tracing::warn!("broker fenced");

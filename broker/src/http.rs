@@ -66,7 +66,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> Result<SocketAddr, BrokerError> {
-    let bind = |source| BrokerError::Bind { what: "http", addr, source };
+    let bind = |source| BrokerError::Bind {
+        what: "http",
+        addr,
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind)?;
     let bound = listener.local_addr().map_err(bind)?;
     let spawner = tasks.clone();
@@ -113,16 +117,32 @@ fn route(source: &dyn HttpSource, req: Request<Incoming>) -> Response<Full<Bytes
             .expect("static response parts")
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/health" => {
             let (ok, body) = source.health();
-            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             reply(status, "application/json", body)
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", source.metrics()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /health or /metrics\n".into()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            source.metrics(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /health or /metrics\n".into(),
+        ),
     }
 }
 

@@ -26,7 +26,9 @@ use tandem_broker::{Broker, BrokerConfig, BrokerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Config, ConfigError, FileLeaseStore, LaneId, LeaseDriver, LeaseError, Role, Timing, WriteGuard};
+use crate::{
+    Config, ConfigError, FileLeaseStore, LaneId, LeaseDriver, LeaseError, Role, Timing, WriteGuard,
+};
 
 /// How to run one lane.
 #[derive(Debug, Clone)]
@@ -82,12 +84,19 @@ struct LaneState {
 impl HttpSource for LaneState {
     fn health(&self) -> (bool, String) {
         let role = self.role.lock().clone();
-        let serving = matches!(role, Role::Active { serving: true, .. }) && self.broker.lock().is_some();
+        let serving =
+            matches!(role, Role::Active { serving: true, .. }) && self.broker.lock().is_some();
         let (name, epoch) = match &role {
             Role::Dormant => ("dormant", None),
             Role::Acquiring { epoch } => ("acquiring", Some(epoch.0)),
-            Role::Active { epoch, serving: false } => ("recovering", Some(epoch.0)),
-            Role::Active { epoch, serving: true } => ("active", Some(epoch.0)),
+            Role::Active {
+                epoch,
+                serving: false,
+            } => ("recovering", Some(epoch.0)),
+            Role::Active {
+                epoch,
+                serving: true,
+            } => ("active", Some(epoch.0)),
             Role::Fenced { epoch, .. } => ("fenced", Some(epoch.0)),
             Role::Stopped => ("stopped", None),
         };
@@ -126,9 +135,14 @@ pub async fn run_lane(
     ready: impl FnOnce(Option<std::net::SocketAddr>),
 ) -> Result<(), LaneError> {
     // The store keeps its files in `lease/` under the root it is given.
-    let store = FileLeaseStore::open(&opts.shared_dir)
-        .map_err(|source| LaneError::Lease { dir: opts.shared_dir.clone(), source })?;
-    let driver = LeaseDriver::spawn(Config::new(opts.lane.clone(), opts.timing)?, Arc::new(store));
+    let store = FileLeaseStore::open(&opts.shared_dir).map_err(|source| LaneError::Lease {
+        dir: opts.shared_dir.clone(),
+        source,
+    })?;
+    let driver = LeaseDriver::spawn(
+        Config::new(opts.lane.clone(), opts.timing)?,
+        Arc::new(store),
+    );
     let state = Arc::new(LaneState {
         lane: opts.lane.clone(),
         role: Mutex::new(Role::Dormant),
@@ -153,7 +167,10 @@ pub async fn run_lane(
         let role = roles.borrow_and_update().clone();
         *state.role.lock() = role.clone();
         match role {
-            Role::Active { epoch, serving: false } if broker.is_none() => {
+            Role::Active {
+                epoch,
+                serving: false,
+            } if broker.is_none() => {
                 tracing::info!(lane = %opts.lane, %epoch, "lease acquired; recovering the journal");
                 let mut config = opts.broker.clone();
                 config.http = None;

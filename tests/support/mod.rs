@@ -2,6 +2,8 @@
 //! addresses from its `READY` line, and kills it (SIGKILL) when dropped.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,8 +40,7 @@ impl BrokerProcess {
     }
 
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut cmd = Command::new(tandem_bin());
-        cmd.args([
+        let mut args: Vec<std::ffi::OsString> = [
             "run",
             "--listen",
             "127.0.0.1:0",
@@ -48,13 +49,41 @@ impl BrokerProcess {
             "--stomp",
             "127.0.0.1:0",
             "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(data_dir.into());
+        args.extend(extra.iter().map(Into::into));
+        BrokerProcess::spawn(args, data_dir)
+    }
+
+    /// A failover lane: `tandem run --lane LANE --shared-dir SHARED` with its native listener on
+    /// `native_port` (fixed: clients must find it again after a restart) and HTTP on port 0.
+    pub fn lane(lane: &str, shared: &Path, native_port: u16) -> BrokerProcess {
+        let args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--lane".into(),
+            lane.into(),
+            "--shared-dir".into(),
+            shared.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{native_port}").into(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--stomp".into(),
+            "off".into(),
+        ];
+        BrokerProcess::spawn(args, shared)
+    }
+
+    fn spawn(args: Vec<std::ffi::OsString>, data_dir: &Path) -> BrokerProcess {
+        let mut cmd = Command::new(tandem_bin());
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("tandem binary starts");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -120,6 +149,34 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago (for listeners that must keep their port across
+/// restarts, such as failover lanes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `/health` until it answers `want` (200 or 503); returns how long it took.
+pub fn wait_health(http: SocketAddr, want: u16) -> Duration {
+    let t0 = std::time::Instant::now();
+    loop {
+        let status = std::net::TcpStream::connect(http)
+            .ok()
+            .map(|_| http_get(http, "/health").0);
+        if status == Some(want) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < GUARD,
+            "{http}/health never answered {want} (last: {status:?})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -83,7 +83,7 @@ struct LaneState {
 
 impl HttpSource for LaneState {
     fn health(&self) -> (bool, String) {
-        let role = self.role.lock().clone();
+        let role = *self.role.lock();
         let serving =
             matches!(role, Role::Active { serving: true, .. }) && self.broker.lock().is_some();
         let (name, epoch) = match &role {
@@ -164,8 +164,8 @@ pub async fn run_lane(
     let mut roles = driver.role();
     let mut broker: Option<Broker> = None;
     loop {
-        let role = roles.borrow_and_update().clone();
-        *state.role.lock() = role.clone();
+        let role = *roles.borrow_and_update();
+        *state.role.lock() = role;
         match role {
             Role::Active {
                 epoch,

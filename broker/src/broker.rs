@@ -95,6 +95,8 @@ pub(crate) struct BrokerInner {
     pub instance: String,
     /// Set when the lane lost its lease: connections close with `Fenced`, not `ShuttingDown`.
     pub fenced: std::sync::atomic::AtomicBool,
+    /// Dead-letter and expiry moves, carried out by the mover task.
+    pub mover: tokio::sync::mpsc::UnboundedSender<crate::queue::Move>,
 }
 
 impl BrokerInner {
@@ -134,13 +136,41 @@ impl BrokerInner {
         if !self.config.auto_create {
             return Err(self.missing(d));
         }
-        let limit = self.config.destination_memory_limit;
         Ok(self
             .queues
             .write()
             .entry(key.clone())
-            .or_insert_with(|| Queue::new(key.1, key.0 == DestinationKind::Queue, limit))
+            .or_insert_with(|| {
+                self.make_queue(key.1.clone(), key.0 == DestinationKind::Queue, &key.1)
+            })
             .clone())
+    }
+
+    /// A new queue with the settings that match `settings_name` (its own name, or its topic's).
+    pub(crate) fn make_queue(
+        &self,
+        name: Arc<str>,
+        durable: bool,
+        settings_name: &str,
+    ) -> Arc<Queue> {
+        let settings = crate::settings::resolve(&self.config.address_settings, settings_name);
+        let limit = self.config.destination_memory_limit;
+        Queue::with_settings(name, durable, limit, settings, Some(self.mover.clone()))
+    }
+
+    /// The queue, created whatever auto_create says (dead-letter and expiry targets, recovery).
+    pub(crate) fn queue_forced(&self, d: &Destination) -> Arc<Queue> {
+        let key = (d.kind(), Arc::<str>::from(d.name()));
+        if let Some(q) = self.queues.read().get(&key) {
+            return q.clone();
+        }
+        self.queues
+            .write()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                self.make_queue(key.1.clone(), key.0 == DestinationKind::Queue, &key.1)
+            })
+            .clone()
     }
 
     /// The topic for a topic or temporary-topic destination, created on first use if allowed.
@@ -186,7 +216,6 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
             }
         }
     }
-    let limit = inner.config.destination_memory_limit;
     let mut messages = 0usize;
     for m in recovered.messages {
         let msg = match BrokerMessage::recovered(m.msg_id, m.encoded) {
@@ -202,7 +231,7 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
                 .queues
                 .write()
                 .entry(key)
-                .or_insert_with(|| Queue::new(r.queue.clone(), true, limit))
+                .or_insert_with(|| inner.make_queue(r.queue.clone(), true, &r.queue))
                 .clone();
             q.restore(msg.clone(), r.delivery_count);
         }
@@ -294,6 +323,7 @@ impl Broker {
         recovered: Option<Recovered>,
     ) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
+        let (mover_tx, mover_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(BrokerInner {
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -310,19 +340,22 @@ impl Broker {
             store,
             dup_seen: Mutex::new(HashMap::new()),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            mover: mover_tx,
             instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
         });
+        inner
+            .tasks
+            .spawn(crate::mover::run(inner.clone(), mover_rx));
         if let Some(recovered) = recovered {
             restore(&inner, recovered);
         }
         for q in &inner.config.queues {
             let d = Destination::queue(q).expect("validated");
             let key = (d.kind(), Arc::<str>::from(d.name()));
-            let limit = inner.config.destination_memory_limit;
             inner
                 .queues
                 .write()
-                .insert(key.clone(), Queue::new(key.1, true, limit));
+                .insert(key.clone(), inner.make_queue(key.1.clone(), true, &key.1));
         }
         for t in &inner.config.topics {
             let d = Destination::topic(t).expect("validated");

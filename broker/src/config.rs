@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     /// At start, skip (and report) corrupt regions in the middle of the journal instead of refusing
     /// to start. Messages in a skipped region are lost; acks in it are lost (messages may return).
     pub journal_skip_corrupt: bool,
+    /// Per-destination settings by pattern (dead-letter queue, maximum delivery attempts, expiry
+    /// queue): `[[address_settings]]` tables, see `settings.rs` for the matching rules.
+    pub address_settings: Vec<crate::settings::DestinationSettings>,
     /// Queues that exist from the start (with auto_create off, the only ones).
     pub queues: Vec<String>,
     /// Topics that exist from the start.
@@ -85,6 +88,7 @@ impl Default for BrokerConfig {
             journal_segment_size: 64 * 1024 * 1024,
             journal_sync_delay_ms: 0,
             journal_skip_corrupt: false,
+            address_settings: Vec::new(),
             queues: Vec::new(),
             topics: Vec::new(),
         }
@@ -178,6 +182,27 @@ impl BrokerConfig {
             "journal_sync_delay_ms",
             "must be at most 1000 ms (it emulates slow storage for benchmarks)".into(),
         );
+        for a in &self.address_settings {
+            if let Err(e) = crate::settings::validate_pattern(&a.pattern) {
+                errs.push(ConfigError {
+                    key: "address_settings.match",
+                    problem: e,
+                });
+            }
+            for (key, q) in [
+                ("address_settings.dead_letter_queue", &a.dead_letter_queue),
+                ("address_settings.expiry_queue", &a.expiry_queue),
+            ] {
+                if !q.is_empty()
+                    && let Err(e) = tandem_protocol::model::Destination::queue(q)
+                {
+                    errs.push(ConfigError {
+                        key,
+                        problem: e.to_string(),
+                    });
+                }
+            }
+        }
         for q in &self.queues {
             if let Err(e) = tandem_protocol::model::Destination::queue(q) {
                 errs.push(ConfigError {

@@ -757,7 +757,7 @@ impl Connection {
             let topic = self.inner.topic(&dest)?;
             let name: Arc<str> =
                 format!("{}:sub:{}:{}", dest.name(), self.id, c.consumer_id).into();
-            let queue = Queue::new(name, false, self.inner.config.destination_memory_limit);
+            let queue = self.inner.make_queue(name, false, dest.name());
             topic.subscribe(Arc::new(Subscription {
                 consumer_key: (self.id, c.consumer_id),
                 queue: queue.clone(),

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::message::{BrokerMessage, SelectorView};
 use crate::session::ConsumerShared;
+use crate::settings::DestinationSettings;
 
 /// A message on a queue, with its delivery history.
 #[derive(Debug, Clone)]
@@ -84,6 +85,8 @@ pub struct Queue {
     name: Arc<str>,
     durable: bool,
     memory_limit: usize,
+    settings: DestinationSettings,
+    mover: Option<mpsc::UnboundedSender<Move>>,
     state: Mutex<QueueState>,
     space: Notify,
     blocked_producers: AtomicUsize,
@@ -92,14 +95,55 @@ pub struct Queue {
     pub stats: QueueStats,
 }
 
+/// Why a message leaves its queue for another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    /// Delivered (and returned) `max_delivery_attempts` times.
+    MaxDeliveries(u32),
+    /// Its JMSExpiration passed before it was delivered.
+    Expired,
+}
+
+/// A message taken off `from` that the broker's mover puts where the settings say.
+#[derive(Debug)]
+pub struct Move {
+    /// Where it was.
+    pub from: Arc<Queue>,
+    /// The entry.
+    pub entry: Entry,
+    /// Why.
+    pub reason: MoveReason,
+}
+
 impl Queue {
     /// An empty queue with a memory budget. A durable queue's persistent messages are journaled
     /// (queues); others' are not (temporary queues, non-durable subscriptions).
     pub fn new(name: Arc<str>, durable: bool, memory_limit: usize) -> Arc<Queue> {
+        Queue::with_settings(
+            name,
+            durable,
+            memory_limit,
+            DestinationSettings::default(),
+            None,
+        )
+    }
+
+    /// A queue with its destination settings and the broker's mover (dead-letter and expiry
+    /// moves go there: the mover journals them and enqueues into the target queue, outside this
+    /// queue's lock).
+    pub fn with_settings(
+        name: Arc<str>,
+        durable: bool,
+        memory_limit: usize,
+        settings: DestinationSettings,
+        mover: Option<mpsc::UnboundedSender<Move>>,
+    ) -> Arc<Queue> {
         Arc::new(Queue {
             name,
             durable,
             memory_limit,
+            settings,
+            mover,
             state: Mutex::new(QueueState::default()),
             space: Notify::new(),
             blocked_producers: AtomicUsize::new(0),
@@ -111,6 +155,11 @@ impl Queue {
     /// The name (for subscriptions: the subscription's own name).
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The settings that apply to this queue.
+    pub fn settings(&self) -> &DestinationSettings {
+        &self.settings
     }
 
     /// Whether persistent messages on this queue are journaled.
@@ -274,12 +323,26 @@ impl Queue {
             return;
         }
         let mut st = self.state.lock();
+        let max = self.settings.max_delivery_attempts;
+        let mut dead = Vec::new();
         for (consumer_key, seq, mut entry, seen) in returned {
             if seen {
                 entry.delivery_count += 1;
                 entry.redelivered = true;
             }
             st.inflight = st.inflight.saturating_sub(1);
+            if seen && max > 0 && entry.delivery_count >= max && self.mover.is_some() {
+                if let Some(s) = st
+                    .consumers
+                    .iter_mut()
+                    .find(|s| s.consumer.key == consumer_key)
+                {
+                    s.outstanding = s.outstanding.saturating_sub(1);
+                }
+                st.memory = st.memory.saturating_sub(entry.msg.size());
+                dead.push(entry);
+                continue;
+            }
             st.ready_count += 1;
             if let Some(s) = st
                 .consumers
@@ -292,6 +355,24 @@ impl Queue {
             st.ready[prio].insert(seq, entry);
         }
         self.dispatch(&mut st, now_ms);
+        drop(st);
+        for entry in dead {
+            let n = entry.delivery_count;
+            self.send_move(entry, MoveReason::MaxDeliveries(n));
+        }
+        if !self.is_removed() {
+            self.released();
+        }
+    }
+
+    fn send_move(self: &Arc<Queue>, entry: Entry, reason: MoveReason) {
+        if let Some(m) = &self.mover {
+            let _ = m.send(Move {
+                from: self.clone(),
+                entry,
+                reason,
+            });
+        }
     }
 
     /// Drops every message and refuses returns from now on (a non-durable subscription going away).
@@ -324,11 +405,12 @@ impl Queue {
                 };
                 cursor = seq + 1;
                 if entry.msg.is_expired(now_ms) {
-                    let size = entry.msg.size();
-                    st.ready[prio].remove(&seq);
+                    let entry = st.ready[prio].remove(&seq).expect("present");
                     st.ready_count -= 1;
-                    st.memory -= size;
+                    st.memory -= entry.msg.size();
                     self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    // The mover sends it to the expiry queue, or drops it (journaling the drop).
+                    self.send_move(entry, MoveReason::Expired);
                     continue;
                 }
                 let n = st.consumers.len();

@@ -9,7 +9,7 @@
 //!
 //! Topic subscriptions are queues too (one per subscription), fed by the topic's fan-out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -53,6 +53,9 @@ struct QueueState {
     consumers: Vec<ConsumerSlot>,
     rr: usize,
     next_seq: u64,
+    /// Message groups (JMSXGroupID) pinned to a consumer (its key), so that one consumer sees a
+    /// group's messages in order. Dropped when the consumer goes; the group is then reassigned.
+    groups: HashMap<String, u64>,
 }
 
 /// Counters exposed in `/metrics`.
@@ -270,6 +273,7 @@ impl Queue {
     pub fn remove_consumer(self: &Arc<Queue>, consumer_key: u64, now_ms: i64) {
         let mut st = self.state.lock();
         st.consumers.retain(|s| s.consumer.key != consumer_key);
+        st.groups.retain(|_, owner| *owner != consumer_key);
         if st.rr >= st.consumers.len() {
             st.rr = 0;
         }
@@ -393,7 +397,14 @@ impl Queue {
         if st.ready_count == 0 || st.consumers.is_empty() {
             return;
         }
+        let before = st.consumers.len();
         st.consumers.retain(|s| s.consumer.is_open());
+        if st.consumers.len() != before {
+            let QueueState {
+                groups, consumers, ..
+            } = &mut *st;
+            groups.retain(|_, owner| consumers.iter().any(|s| s.consumer.key == *owner));
+        }
         for prio in (0..10).rev() {
             let mut cursor = 0u64;
             loop {
@@ -414,11 +425,27 @@ impl Queue {
                     continue;
                 }
                 let n = st.consumers.len();
-                let pick = (0..n).map(|i| (st.rr + i) % n).find(|&i| {
-                    let s = &st.consumers[i];
-                    s.has_room() && accepts(&s.consumer, entry)
-                });
+                let group = entry.msg.headers.group_id.clone();
+                let owner = group
+                    .as_deref()
+                    .and_then(|g| st.groups.get(g))
+                    .and_then(|key| st.consumers.iter().position(|s| s.consumer.key == *key))
+                    .filter(|&i| accepts(&st.consumers[i].consumer, entry));
+                let pick = match owner {
+                    // A pinned group waits for its consumer: order within the group holds.
+                    Some(i) => st.consumers[i].has_room().then_some(i),
+                    None => (0..n).map(|i| (st.rr + i) % n).find(|&i| {
+                        let s = &st.consumers[i];
+                        s.has_room() && accepts(&s.consumer, entry)
+                    }),
+                };
                 let Some(i) = pick else { continue };
+                if let Some(g) = group
+                    && owner.is_none()
+                {
+                    let key = st.consumers[i].consumer.key;
+                    st.groups.insert(g, key);
+                }
                 let entry = st.ready[prio].remove(&seq).expect("present");
                 st.ready_count -= 1;
                 let slot = &mut st.consumers[i];

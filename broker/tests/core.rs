@@ -833,3 +833,77 @@ async fn same_consumer_id_on_two_connections_keeps_windows_apart() {
     );
     b.shutdown().await;
 }
+
+fn grouped(dest: &tandem_protocol::model::Destination, n: u64, group: &str) -> bytes::Bytes {
+    let mut m = tandem_protocol::model::Message::text("g")
+        .with_property("n", n as i64)
+        .unwrap()
+        .with_property("JMSXGroupID", group)
+        .unwrap();
+    m.destination = Some(dest.clone());
+    m.encode()
+}
+
+/// JMSXGroupID pins a group to one consumer (order within the group holds across competing
+/// consumers); when that consumer closes, the group moves to another one.
+#[tokio::test]
+async fn message_groups_stick_to_one_consumer_and_move_when_it_closes() {
+    let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
+    let q = queue("grouped");
+    let mut c1 = Raw::local(&b).await;
+    c1.session(1, AckMode::Auto).await;
+    c1.consumer(1, 1, &q, 100).await.unwrap();
+    let mut c2 = Raw::local(&b).await;
+    c2.session(1, AckMode::Auto).await;
+    c2.consumer(1, 1, &q, 100).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    // A A B B A A B B ...: plain round-robin would split each group across both consumers.
+    let group_of = |n: i64| if ((n - 1) / 2) % 2 == 0 { "A" } else { "B" };
+    for i in 1..=20u64 {
+        p.send_msg(1, i, grouped(&q, i, group_of(i as i64)))
+            .await
+            .unwrap();
+    }
+    let mut got = [Vec::new(), Vec::new()];
+    for (k, c) in [&mut c1, &mut c2].into_iter().enumerate() {
+        while let Some(d) = c.deliver_within(Duration::from_millis(300)).await {
+            got[k].push(n_of(&d));
+            c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+        }
+    }
+    let parity = |v: &Vec<i64>| {
+        v.iter()
+            .map(|n| group_of(*n))
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert_eq!(got[0].len() + got[1].len(), 20);
+    assert_eq!(parity(&got[0]).len(), 1, "one group per consumer: {got:?}");
+    assert_eq!(parity(&got[1]).len(), 1, "one group per consumer: {got:?}");
+    assert!(
+        got.iter().all(|v| v.windows(2).all(|w| w[0] < w[1])),
+        "in order within the group"
+    );
+    // The owner of group A closes; group A moves to the other consumer.
+    let odd_owner = if group_of(got[0][0]) == "A" { 0 } else { 1 };
+    let (owner, other) = if odd_owner == 0 {
+        (&mut c1, &mut c2)
+    } else {
+        (&mut c2, &mut c1)
+    };
+    owner
+        .request(|request_id| {
+            wire::ConsumerClose {
+                request_id,
+                consumer_id: 1,
+                last_consumed: u64::MAX,
+            }
+            .into()
+        })
+        .await
+        .unwrap();
+    p.send_msg(1, 21, grouped(&q, 21, "A")).await.unwrap();
+    assert_eq!(n_of(&other.deliver().await), 21);
+    b.shutdown().await;
+}

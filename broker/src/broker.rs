@@ -97,6 +97,8 @@ pub(crate) struct BrokerInner {
     pub fenced: std::sync::atomic::AtomicBool,
     /// Dead-letter and expiry moves, carried out by the mover task.
     pub mover: tokio::sync::mpsc::UnboundedSender<crate::queue::Move>,
+    /// Wakeups for scheduled messages (delivery delay), carried out by the scheduler task.
+    pub scheduler: tokio::sync::mpsc::UnboundedSender<crate::queue::Wakeup>,
 }
 
 impl BrokerInner {
@@ -155,7 +157,8 @@ impl BrokerInner {
     ) -> Arc<Queue> {
         let settings = crate::settings::resolve(&self.config.address_settings, settings_name);
         let limit = self.config.destination_memory_limit;
-        Queue::with_settings(name, durable, limit, settings, Some(self.mover.clone()))
+        let (mover, scheduler) = (Some(self.mover.clone()), Some(self.scheduler.clone()));
+        Queue::with_settings(name, durable, limit, settings, mover, scheduler)
     }
 
     /// The queue, created whatever auto_create says (dead-letter and expiry targets, recovery).
@@ -216,6 +219,7 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
             }
         }
     }
+    let now = now_ms();
     let mut messages = 0usize;
     for m in recovered.messages {
         let msg = match BrokerMessage::recovered(m.msg_id, m.encoded) {
@@ -233,7 +237,7 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
                 .entry(key)
                 .or_insert_with(|| inner.make_queue(r.queue.clone(), true, &r.queue))
                 .clone();
-            q.restore(msg.clone(), r.delivery_count);
+            q.restore(msg.clone(), r.delivery_count, r.deliver_at_ms, now);
         }
         messages += 1;
     }
@@ -324,6 +328,7 @@ impl Broker {
     ) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let (mover_tx, mover_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(BrokerInner {
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -341,11 +346,15 @@ impl Broker {
             dup_seen: Mutex::new(HashMap::new()),
             fenced: std::sync::atomic::AtomicBool::new(false),
             mover: mover_tx,
+            scheduler: scheduler_tx,
             instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
         });
         inner
             .tasks
             .spawn(crate::mover::run(inner.clone(), mover_rx));
+        inner
+            .tasks
+            .spawn(crate::mover::scheduler(inner.clone(), scheduler_rx));
         if let Some(recovered) = recovered {
             restore(&inner, recovered);
         }

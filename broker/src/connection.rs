@@ -599,7 +599,7 @@ impl Connection {
         let now = now_ms();
         let id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
         let max = self.inner.config.max_message_size;
-        let msg = BrokerMessage::parse(id, s.message, self.id, max, now)?;
+        let msg = BrokerMessage::parse(id, s.message, self.id, max)?;
         if let Some(d) = &producer.destination
             && *d != msg.destination
         {
@@ -660,8 +660,21 @@ impl Connection {
             msg_id: id,
             encoded: routed.msg.encoded.clone(),
         });
+        let deliver_at = routed.msg.headers.delivery_time;
         for queue in durable_refs {
-            records.push(Record::AddRef { msg_id: id, queue });
+            records.push(Record::AddRef {
+                msg_id: id,
+                queue: queue.clone(),
+            });
+            if deliver_at > now {
+                // After its AddRef: a schedule applies to a ref that exists.
+                let deliver_at_ms = deliver_at as u64;
+                records.push(Record::ScheduledDelivery {
+                    msg_id: id,
+                    queue,
+                    deliver_at_ms,
+                });
+            }
         }
         records.push(Record::DupId {
             producer: producer_name.to_string(),

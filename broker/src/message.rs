@@ -62,7 +62,6 @@ impl BrokerMessage {
         encoded: Bytes,
         origin_connection: u64,
         max_size: usize,
-        now_ms: i64,
     ) -> Result<BrokerMessage, Refusal> {
         if encoded.len() > max_size {
             return Err(Refusal::new(
@@ -73,14 +72,7 @@ impl BrokerMessage {
                 ),
             ));
         }
-        let msg = BrokerMessage::decode(id, encoded, origin_connection)?;
-        if msg.headers.delivery_time > now_ms {
-            return Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "delivery delay (JMSDeliveryTime in the future) is not supported yet",
-            ));
-        }
-        Ok(msg)
+        BrokerMessage::decode(id, encoded, origin_connection)
     }
 
     /// A message read back from the journal: it passed [`BrokerMessage::parse`] when it was sent,

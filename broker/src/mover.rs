@@ -106,6 +106,48 @@ async fn move_one(inner: &Arc<BrokerInner>, m: Move) -> Result<(), String> {
     Ok(())
 }
 
+/// Wakes queues whose scheduled messages (JMSDeliveryTime) are due. Delivery times are wall-clock
+/// (JMS defines them so); the wait is measured on tokio's clock from the wall-clock difference.
+pub(crate) async fn scheduler(
+    inner: Arc<BrokerInner>,
+    mut rx: mpsc::UnboundedReceiver<crate::queue::Wakeup>,
+) {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
+    let mut queues: HashMap<u64, std::sync::Weak<crate::queue::Queue>> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        let wait = heap
+            .peek()
+            .map(|Reverse((at, _))| (at - now_ms()).max(0) as u64);
+        let timer = tokio::time::sleep(std::time::Duration::from_millis(wait.unwrap_or(3_600_000)));
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            w = rx.recv() => match w {
+                Some(w) => {
+                    next_id += 1;
+                    heap.push(Reverse((w.at, next_id)));
+                    queues.insert(next_id, w.queue);
+                }
+                None => return,
+            },
+            _ = timer, if wait.is_some() => {
+                let now = now_ms();
+                while let Some(Reverse((at, id))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    if let Some(q) = queues.remove(&id).and_then(|w| w.upgrade()) {
+                        q.promote_due(now);
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn submit(inner: &BrokerInner, records: Vec<Record>) -> Result<(), String> {
     let durable = inner.store.submit(records).await.map_err(|e| e.0)?;
     durable.await.map_err(|e| e.0)

@@ -56,6 +56,8 @@ struct QueueState {
     /// Message groups (JMSXGroupID) pinned to a consumer (its key), so that one consumer sees a
     /// group's messages in order. Dropped when the consumer goes; the group is then reassigned.
     groups: HashMap<String, u64>,
+    /// Messages whose JMSDeliveryTime is still ahead, by (deliver at, seq).
+    scheduled: BTreeMap<(i64, u64), Entry>,
 }
 
 /// Counters exposed in `/metrics`.
@@ -80,6 +82,8 @@ pub struct QueueSnapshot {
     pub memory: usize,
     /// Attached consumers.
     pub consumers: usize,
+    /// Waiting for their delivery time.
+    pub scheduled: usize,
 }
 
 /// A queue (or a topic subscription's queue).
@@ -90,12 +94,22 @@ pub struct Queue {
     memory_limit: usize,
     settings: DestinationSettings,
     mover: Option<mpsc::UnboundedSender<Move>>,
+    scheduler: Option<mpsc::UnboundedSender<Wakeup>>,
     state: Mutex<QueueState>,
     space: Notify,
     blocked_producers: AtomicUsize,
     removed: AtomicBool,
     /// Counters.
     pub stats: QueueStats,
+}
+
+/// Asks the broker's scheduler to call [`Queue::promote_due`] at `at` (Unix ms).
+#[derive(Debug)]
+pub struct Wakeup {
+    /// When.
+    pub at: i64,
+    /// Which queue (weak: a removed queue is simply skipped).
+    pub queue: std::sync::Weak<Queue>,
 }
 
 /// Why a message leaves its queue for another one.
@@ -128,6 +142,7 @@ impl Queue {
             memory_limit,
             DestinationSettings::default(),
             None,
+            None,
         )
     }
 
@@ -140,6 +155,7 @@ impl Queue {
         memory_limit: usize,
         settings: DestinationSettings,
         mover: Option<mpsc::UnboundedSender<Move>>,
+        scheduler: Option<mpsc::UnboundedSender<Wakeup>>,
     ) -> Arc<Queue> {
         Arc::new(Queue {
             name,
@@ -147,6 +163,7 @@ impl Queue {
             memory_limit,
             settings,
             mover,
+            scheduler,
             state: Mutex::new(QueueState::default()),
             space: Notify::new(),
             blocked_producers: AtomicUsize::new(0),
@@ -183,6 +200,7 @@ impl Queue {
             inflight: st.inflight,
             memory: st.memory,
             consumers: st.consumers.len(),
+            scheduled: st.scheduled.len(),
         }
     }
 
@@ -224,6 +242,17 @@ impl Queue {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.memory += msg.size();
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        let at = msg.headers.delivery_time;
+        if at > now_ms && self.scheduler.is_some() {
+            let entry = Entry {
+                msg,
+                delivery_count: 0,
+                redelivered: false,
+            };
+            self.schedule(&mut st, at, seq, entry);
+            return;
+        }
         st.ready_count += 1;
         let prio = usize::from(msg.priority.min(9));
         st.ready[prio].insert(
@@ -234,18 +263,69 @@ impl Queue {
                 redelivered: false,
             },
         );
-        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(&mut st, now_ms);
+    }
+
+    fn schedule(self: &Arc<Queue>, st: &mut QueueState, at: i64, seq: u64, entry: Entry) {
+        let earliest = st.scheduled.keys().next().map(|k| k.0);
+        st.scheduled.insert((at, seq), entry);
+        if earliest.is_none_or(|e| at < e)
+            && let Some(s) = &self.scheduler
+        {
+            let _ = s.send(Wakeup {
+                at,
+                queue: Arc::downgrade(self),
+            });
+        }
+    }
+
+    /// Moves every scheduled message that is due into the ready set and dispatches; asks for the
+    /// next wakeup if more are waiting.
+    pub fn promote_due(self: &Arc<Queue>, now_ms: i64) {
+        let mut st = self.state.lock();
+        while let Some((&(at, seq), _)) = st.scheduled.iter().next() {
+            if at > now_ms {
+                if let Some(s) = &self.scheduler {
+                    let _ = s.send(Wakeup {
+                        at,
+                        queue: Arc::downgrade(self),
+                    });
+                }
+                break;
+            }
+            let entry = st.scheduled.remove(&(at, seq)).expect("present");
+            let prio = usize::from(entry.msg.priority.min(9));
+            st.ready[prio].insert(seq, entry);
+            st.ready_count += 1;
+        }
         self.dispatch(&mut st, now_ms);
     }
 
     /// Puts a recovered message back (no dispatch: no consumer exists yet at recovery). It may
     /// have been delivered before the crash, so it comes back flagged redelivered with its count
     /// raised (invariant 2): `delivery_count` is the last count the journal holds.
-    pub fn restore(&self, msg: Arc<BrokerMessage>, delivery_count: u32) {
+    pub fn restore(
+        self: &Arc<Queue>,
+        msg: Arc<BrokerMessage>,
+        delivery_count: u32,
+        deliver_at: Option<u64>,
+        now_ms: i64,
+    ) {
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
         st.memory += msg.size();
+        let at = deliver_at.map_or(0, |t| t as i64);
+        if at > now_ms && self.scheduler.is_some() {
+            // Still scheduled at the crash, so never delivered: not flagged.
+            let entry = Entry {
+                msg,
+                delivery_count,
+                redelivered: delivery_count > 0,
+            };
+            self.schedule(&mut st, at, seq, entry);
+            return;
+        }
         st.ready_count += 1;
         let prio = usize::from(msg.priority.min(9));
         st.ready[prio].insert(
@@ -386,6 +466,7 @@ impl Queue {
         for level in &mut st.ready {
             level.clear();
         }
+        st.scheduled.clear();
         st.ready_count = 0;
         st.memory = 0;
         st.inflight = 0;

@@ -67,6 +67,7 @@ mod consumer;
 mod error;
 mod event;
 mod producer;
+mod reconnect;
 mod session;
 mod shared;
 mod transport;
@@ -85,6 +86,7 @@ pub use consumer::{AckHandle, Consumer, ConsumerBuilder, Received};
 pub use error::{Error, Result};
 pub use event::{ConnectionEvent, Events};
 pub use producer::{Producer, Receipt};
+pub use reconnect::{Reconnect, ReconnectPolicy, SplitMix64, Step};
 pub use session::{AckMode, Session};
 pub use url::{BrokerUrl, Endpoint};
 

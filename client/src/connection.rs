@@ -258,10 +258,9 @@ impl ConnectionFactory {
     fn endpoint_name(&self, i: usize) -> String {
         match &self.target {
             Target::Url(BrokerUrl::Tcp(ep)) => ep.to_string(),
-            Target::Url(BrokerUrl::Failover { endpoints, .. }) => endpoints
-                .get(i)
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
+            Target::Url(BrokerUrl::Failover { endpoints, .. }) => {
+                endpoints.get(i).map(|e| e.to_string()).unwrap_or_default()
+            }
             Target::InProcess(_) => "in-process".to_string(),
         }
     }
@@ -274,11 +273,9 @@ impl ConnectionFactory {
                 Target::Url(url) => {
                     let ep = match url {
                         BrokerUrl::Tcp(ep) => ep,
-                        BrokerUrl::Failover { endpoints, .. } => {
-                            endpoints.get(i).ok_or(Error::InvalidArgument(
-                                "a failover url without endpoints",
-                            ))?
-                        }
+                        BrokerUrl::Failover { endpoints, .. } => endpoints
+                            .get(i)
+                            .ok_or(Error::InvalidArgument("a failover url without endpoints"))?,
                     };
                     let stream =
                         tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await?;
@@ -525,9 +522,10 @@ impl Connection {
             },
             link.endpoint.clone(),
         );
-        shared
-            .connection_id
-            .store(link.connected.connection_id, std::sync::atomic::Ordering::Relaxed);
+        shared.connection_id.store(
+            link.connected.connection_id,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // Before the tasks run: a loss they report must already go to the supervisor.
         let supervisor = failover.map(|(factory, machine)| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -124,14 +124,12 @@ impl ReconnectPolicy {
                     p.max_attempts = limit(v)?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
                 }
                 "maxReconnectTime" => {
-                    p.max_reconnect_time = limit(v)?.map(|n| Duration::from_millis(n.unsigned_abs()));
+                    p.max_reconnect_time =
+                        limit(v)?.map(|n| Duration::from_millis(n.unsigned_abs()));
                 }
                 "randomize" => p.randomize = flag(v)?,
                 "seed" => {
-                    p.seed = Some(
-                        v.parse()
-                            .map_err(|_| bad("seed is a whole number"))?,
-                    );
+                    p.seed = Some(v.parse().map_err(|_| bad("seed is a whole number"))?);
                 }
                 _ => return Err(bad("unknown failover option")),
             }
@@ -147,7 +145,9 @@ impl ReconnectPolicy {
         if !self.exponential || failures <= 1 {
             return self.initial_delay.min(self.max_delay);
         }
-        let factor = self.multiplier.powi(i32::try_from(failures - 1).unwrap_or(i32::MAX));
+        let factor = self
+            .multiplier
+            .powi(i32::try_from(failures - 1).unwrap_or(i32::MAX));
         let secs = self.initial_delay.as_secs_f64() * factor;
         if !secs.is_finite() || secs >= self.max_delay.as_secs_f64() {
             self.max_delay
@@ -380,9 +380,8 @@ mod tests {
         m.connected();
         let (s, _) = schedule(&mut m, t0, 7);
         let cumulative = [0, 100, 300, 700, 1500, 2500, 3500];
-        let expect: Vec<(usize, Duration)> = (0..7)
-            .map(|i| ((1 + i) % 3, ms(cumulative[i])))
-            .collect();
+        let expect: Vec<(usize, Duration)> =
+            (0..7).map(|i| ((1 + i) % 3, ms(cumulative[i]))).collect();
         assert_eq!(s, expect);
     }
 
@@ -496,9 +495,16 @@ mod tests {
         assert_eq!(a[0], Duration::ZERO);
         for (i, gap) in a.iter().enumerate().skip(1) {
             let base = p.base_delay(i as u32);
-            assert!(*gap <= base && *gap >= base / 2, "gap {i}: {gap:?} vs {base:?}");
+            assert!(
+                *gap <= base && *gap >= base / 2,
+                "gap {i}: {gap:?} vs {base:?}"
+            );
         }
-        assert!(a.iter().skip(1).any(|g| *g != p.base_delay(1) && *g != p.base_delay(2)));
+        assert!(
+            a.iter()
+                .skip(1)
+                .any(|g| *g != p.base_delay(1) && *g != p.base_delay(2))
+        );
         let other = ReconnectPolicy {
             seed: Some(7),
             ..p.clone()

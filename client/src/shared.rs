@@ -741,8 +741,11 @@ impl Shared {
             st.endpoint = endpoint;
             self.connection_id.store(connection_id, Ordering::Relaxed);
             let mut waits = Vec::new();
-            let mut sessions: Vec<(u64, AckMode)> =
-                st.sessions.iter().map(|(id, s)| (*id, s.ack_mode)).collect();
+            let mut sessions: Vec<(u64, AckMode)> = st
+                .sessions
+                .iter()
+                .map(|(id, s)| (*id, s.ack_mode))
+                .collect();
             sessions.sort_unstable_by_key(|(id, _)| *id);
             for (session_id, mode) in sessions {
                 waits.push(self.request_locked(

@@ -1666,7 +1666,14 @@ async fn a_spent_reconnect_budget_fails_everything_and_closes() {
     ));
     let failed =
         |r: &crate::Result<()>| matches!(r, Err(Error::ReconnectFailed { attempts: 3, .. }));
+    // A send made while reconnecting waits, then fails with the budget.
+    let waiting = tokio::spawn(async move {
+        let r = p.send(Message::text("while down")).await.map(|_| ());
+        (p, r)
+    });
     let r = unconfirmed.await;
+    assert!(failed(&r), "{r:?}");
+    let (mut p, r) = tokio::time::timeout(GUARD, waiting).await.unwrap().unwrap();
     assert!(failed(&r), "{r:?}");
     // Attempts at 0, +10 ms, +20 ms (10 · 2): then the budget is spent.
     assert_eq!(started.elapsed(), Duration::from_millis(30));

@@ -130,7 +130,11 @@ async fn expect_failover(events: &mut Events) -> u32 {
 async fn drain(broker: &Broker, queue: &str) -> Vec<u64> {
     let expected = broker.queue_snapshot(queue).map(|s| s.ready).unwrap_or(0);
     let url = format!("tcp://{}", broker.local_addr().unwrap());
-    let conn = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
+    let conn = ConnectionFactory::new(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let s = conn.create_session(AckMode::Auto).await.unwrap();
     let mut c = s
         .consumer(&Destination::queue(queue).unwrap())
@@ -247,7 +251,11 @@ async fn unacknowledged_deliveries_come_back_flagged_redelivered_after_failover(
     let queue = Destination::queue("failover.work").unwrap();
     {
         let url = format!("tcp://{}", broker.local_addr().unwrap());
-        let conn = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
+        let conn = ConnectionFactory::new(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let s = conn.create_session(AckMode::Auto).await.unwrap();
         let mut p = s.create_producer(Some(&queue)).await.unwrap();
         for n in 1..=5 {
@@ -303,7 +311,11 @@ async fn a_spent_reconnect_budget_closes_the_connection_with_a_typed_error() {
     let broker = start_broker(dir.path()).await;
     let proxy = Proxy::start(broker.local_addr()).await;
     let url = proxy.failover_url("maxReconnectAttempts=3&initialReconnectDelay=5");
-    let conn = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
+    let conn = ConnectionFactory::new(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut events = conn.events();
     let s = conn.create_session(AckMode::Auto).await.unwrap();
     let queue = Destination::queue("failover.gone").unwrap();

@@ -480,11 +480,14 @@ async fn resume(shared: &Arc<Shared>, factory: &ConnectionFactory, endpoint: usi
     ));
     {
         let mut io = shared.io();
-        // The lost link's reader may still wait on a half-open socket.
+        // The lost link's tasks may still wait on a half-open socket (a read that never ends, a
+        // write into a full send buffer); nothing they hold matters any more.
         if let Some(old) = io.reader.replace(reader) {
             old.abort();
         }
-        io.writer = Some(writer);
+        if let Some(old) = io.writer.replace(writer) {
+            old.abort();
+        }
     }
     let replay = async {
         for (_, rx) in waits {

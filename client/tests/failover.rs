@@ -336,3 +336,47 @@ async fn a_spent_reconnect_budget_closes_the_connection_with_a_typed_error() {
     let r = p.send(Message::text("after")).await;
     assert!(matches!(r, Err(Error::ReconnectFailed { .. })), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_url_goes_round_robin_over_its_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(dir.path()).await;
+    // Lane a has no broker behind it yet; lane b has.
+    let a = Proxy::start(None).await;
+    let b = Proxy::start(broker.local_addr()).await;
+    let url = format!(
+        "failover:(tcp://{},tcp://{})?randomize=false&initialReconnectDelay=5&maxReconnectDelay=50",
+        a.addr, b.addr
+    );
+    let conn = ConnectionFactory::new(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut events = conn.events();
+    let s = conn.create_session(AckMode::Auto).await.unwrap();
+    let queue = Destination::queue("failover.rr").unwrap();
+    let mut p = s.create_producer(Some(&queue)).await.unwrap();
+    p.send(Message::text("1")).await.unwrap();
+    // The broker moves to lane a: after the loss of b, the first attempt goes to a and succeeds.
+    a.point_to(broker.local_addr());
+    b.point_to(None);
+    b.cut_all();
+    match failover_event(&mut events).await {
+        ConnectionEvent::Disconnected { endpoint, .. } => {
+            assert_eq!(endpoint, format!("tcp://{}", b.addr))
+        }
+        other => panic!("{other:?}"),
+    }
+    match failover_event(&mut events).await {
+        ConnectionEvent::Reconnected { endpoint, attempts } => {
+            assert_eq!(endpoint, format!("tcp://{}", a.addr));
+            assert_eq!(attempts, 1, "the next endpoint first");
+        }
+        other => panic!("{other:?}"),
+    }
+    p.send(Message::text("2")).await.unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(drain(&broker, "failover.rr").await, vec![1, 2]);
+    broker.shutdown().await;
+}

@@ -1692,3 +1692,34 @@ async fn a_spent_reconnect_budget_fails_everything_and_closes() {
     ));
     conn.close().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_consumer_asks_for_credit_again_on_the_new_link() {
+    let links = Links::default();
+    let (conn, mut srv1) = failover_connect(&links, exact_policy()).await;
+    let s = session(&conn, &mut srv1, AckMode::Auto).await;
+    let mut c = consumer(&s, &mut srv1, "q", 0).await;
+    let cid = c.id();
+    conn.start();
+    let receiving = tokio::spawn(async move {
+        let m = c.receive(GUARD).await.unwrap().expect("a message");
+        m.text_body().unwrap().to_string()
+    });
+    let f = expect!(srv1, Flow);
+    assert_eq!((f.consumer_id, f.credit), (cid, 1));
+    let mut srv2 = links.add();
+    drop(srv1); // the credit asked of the dead broker is gone with it
+    accept_replay(&mut srv2, 1, 0, 1).await;
+    let f = expect!(srv2, Flow);
+    assert_eq!((f.consumer_id, f.credit), (cid, 1));
+    srv2.deliver(cid, 1, "x").await;
+    let a = expect!(srv2, Ack);
+    assert_eq!((a.consumer_id, a.delivery_id), (cid, 1));
+    assert_eq!(
+        tokio::time::timeout(GUARD, receiving)
+            .await
+            .unwrap()
+            .unwrap(),
+        "x"
+    );
+}

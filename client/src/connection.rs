@@ -1,4 +1,5 @@
-//! [`ConnectionFactory`] and [`Connection`]: the handshake, the two tasks, start/stop and close.
+//! [`ConnectionFactory`] and [`Connection`]: the handshake, the two tasks, start/stop and close,
+//! and for failover connections the supervisor task that reconnects (see `docs/CLIENT-FAILOVER.md`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::event::Events;
+use crate::event::{ConnectionEvent, Events};
+use crate::reconnect::{Reconnect, ReconnectPolicy, Step};
 use crate::session::{AckMode, Session};
-use crate::shared::{self, Settings, Shared};
+use crate::shared::{self, Io, Settings, Shared};
 use crate::transport::{self, FrameRx, FrameTx};
 use crate::url::BrokerUrl;
 
@@ -81,6 +83,8 @@ enum Target {
 pub struct ConnectionFactory {
     target: Target,
     options: ConnectionOptions,
+    /// `Some`: the connection fails over (reconnects) when its link is lost.
+    reconnect: Option<ReconnectPolicy>,
 }
 
 impl std::fmt::Debug for ConnectionFactory {
@@ -96,12 +100,22 @@ impl std::fmt::Debug for ConnectionFactory {
 }
 
 impl ConnectionFactory {
-    /// A factory for `tcp://host:port` (or a `failover:(...)` URL, which parses but cannot connect
-    /// yet: [`Error::Unsupported`]).
+    /// A factory for `tcp://host:port`, or for `failover:(tcp://a:1,tcp://b:2)?options`: a
+    /// connection that reconnects when its link is lost, to the same address (a load balancer
+    /// whose backend moves: `failover:(tcp://lb:61616)`) or the next one, with the
+    /// [`ReconnectPolicy`] the options describe. Bad options are an [`Error::InvalidUrl`].
     pub fn new(url: &str) -> Result<ConnectionFactory> {
+        let parsed = BrokerUrl::parse(url)?;
+        let reconnect = match &parsed {
+            BrokerUrl::Failover { options, .. } => {
+                Some(ReconnectPolicy::from_options(url, options)?)
+            }
+            BrokerUrl::Tcp(_) => None,
+        };
         Ok(ConnectionFactory {
-            target: Target::Url(BrokerUrl::parse(url)?),
+            target: Target::Url(parsed),
             options: ConnectionOptions::default(),
+            reconnect,
         })
     }
 
@@ -110,7 +124,21 @@ impl ConnectionFactory {
         ConnectionFactory {
             target: Target::InProcess(connector),
             options: ConnectionOptions::default(),
+            reconnect: None,
         }
+    }
+
+    /// Makes connections fail over with `policy` (what a `failover:` URL does), whatever the
+    /// target: a `tcp://` address, or an in-process connector (which is asked for a new link on
+    /// each attempt).
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// The reconnect policy (`None`: a lost link closes the connection).
+    pub fn reconnect_policy(&self) -> Option<&ReconnectPolicy> {
+        self.reconnect.as_ref()
     }
 
     /// The parsed URL (`None` for an in-process factory).
@@ -181,21 +209,79 @@ impl ConnectionFactory {
 
     /// Opens a connection: transport, `Connect`, `Connected`. The connection starts **stopped**, as
     /// in JMS: consumers get nothing until [`Connection::start`].
+    ///
+    /// A failover factory tries its endpoints on the reconnect schedule (each attempt bounded by
+    /// the connect timeout) and fails with [`Error::ReconnectFailed`] when the budget is spent.
     pub async fn connect(&self) -> Result<Connection> {
+        let Some(policy) = &self.reconnect else {
+            let link = self.dial(0).await?;
+            return Ok(Connection::launch(link, &self.options, None));
+        };
+        let mut machine = Reconnect::new(policy.clone(), self.endpoint_count());
+        let mut step = machine.connect(now());
+        let mut last = None;
+        loop {
+            match step {
+                Step::GiveUp { attempts, elapsed } => {
+                    return Err(Error::ReconnectFailed {
+                        attempts,
+                        elapsed,
+                        last: Box::new(last.unwrap_or(Error::Timeout("no attempt was made"))),
+                    });
+                }
+                Step::Connect { endpoint, at, .. } => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    match self.dial(endpoint).await {
+                        Ok(link) => {
+                            machine.connected();
+                            let failover = (self.clone(), machine);
+                            return Ok(Connection::launch(link, &self.options, Some(failover)));
+                        }
+                        Err(e) => {
+                            tracing::debug!(endpoint, error = %e, "connect attempt failed");
+                            last = Some(e);
+                            step = machine.failed(now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn endpoint_count(&self) -> usize {
+        match &self.target {
+            Target::Url(BrokerUrl::Failover { endpoints, .. }) => endpoints.len().max(1),
+            _ => 1,
+        }
+    }
+
+    fn endpoint_name(&self, i: usize) -> String {
+        match &self.target {
+            Target::Url(BrokerUrl::Tcp(ep)) => ep.to_string(),
+            Target::Url(BrokerUrl::Failover { endpoints, .. }) => {
+                endpoints.get(i).map(|e| e.to_string()).unwrap_or_default()
+            }
+            Target::InProcess(_) => "in-process".to_string(),
+        }
+    }
+
+    /// One attempt: transport to endpoint `i` plus handshake, bounded by the connect timeout.
+    async fn dial(&self, i: usize) -> Result<Link> {
         let opts = &self.options;
         let setup = async {
             let (rx, tx) = match &self.target {
-                Target::Url(BrokerUrl::Tcp(ep)) => {
+                Target::Url(url) => {
+                    let ep = match url {
+                        BrokerUrl::Tcp(ep) => ep,
+                        BrokerUrl::Failover { endpoints, .. } => endpoints
+                            .get(i)
+                            .ok_or(Error::InvalidArgument("a failover url without endpoints"))?,
+                    };
                     let stream =
                         tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await?;
                     stream.set_nodelay(true)?;
                     let (r, w) = stream.into_split();
                     transport::stream(Box::new(r), Box::new(w), opts.max_frame_size)
-                }
-                Target::Url(BrokerUrl::Failover { .. }) => {
-                    return Err(Error::Unsupported(
-                        "failover URLs: reconnecting is not implemented yet",
-                    ));
                 }
                 Target::InProcess(connector) => {
                     let link = connector().map_err(|reason| Error::ConnectionLost {
@@ -205,7 +291,7 @@ impl ConnectionFactory {
                     transport::local(link)
                 }
             };
-            handshake(rx, tx, opts).await
+            handshake_link(rx, tx, opts, self.endpoint_name(i)).await
         };
         match tokio::time::timeout(opts.connect_timeout, setup).await {
             Ok(r) => r,
@@ -214,12 +300,39 @@ impl ConnectionFactory {
     }
 }
 
-/// Connect, wait for Connected, then start the two tasks.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A transport with the handshake done.
+pub(crate) struct Link {
+    rx: FrameRx,
+    tx: FrameTx,
+    connected: wire::Connected,
+    max_frame_size: usize,
+    heartbeat: Option<Duration>,
+    endpoint: String,
+}
+
+/// Connect, wait for Connected, then start the two tasks (a connection without failover over a
+/// transport made by the caller).
+#[cfg(test)]
 pub(crate) async fn handshake(
+    rx: FrameRx,
+    tx: FrameTx,
+    opts: &ConnectionOptions,
+) -> Result<Connection> {
+    let link = handshake_link(rx, tx, opts, "test".into()).await?;
+    Ok(Connection::launch(link, opts, None))
+}
+
+/// Connect, wait for Connected.
+async fn handshake_link(
     mut rx: FrameRx,
     mut tx: FrameTx,
     opts: &ConnectionOptions,
-) -> Result<Connection> {
+    endpoint: String,
+) -> Result<Link> {
     let connect = Frame::Connect(wire::Connect {
         min_version: PROTOCOL_VERSION,
         max_version: PROTOCOL_VERSION,
@@ -269,21 +382,179 @@ pub(crate) async fn handshake(
     tx.set_max_frame_size(max_frame_size);
     let heartbeat =
         (connected.heartbeat_ms != 0).then(|| Duration::from_millis(connected.heartbeat_ms.into()));
-    let (shared, out_rx) = Shared::new(Settings {
-        max_frame_size,
-        default_prefetch: opts.prefetch,
-        request_timeout: opts.request_timeout,
-    });
-    let reader = tokio::spawn(shared::reader(shared.clone(), rx, heartbeat));
-    let writer = tokio::spawn(shared::writer(shared.clone(), tx, out_rx, heartbeat));
-    Ok(Connection {
-        shared,
-        client_id: opts.client_id.clone(),
+    Ok(Link {
+        rx,
+        tx,
         connected,
+        max_frame_size,
         heartbeat,
-        reader,
-        writer: std::sync::Mutex::new(Some(writer)),
+        endpoint,
     })
+}
+
+/// The failover supervisor: hears of each lost link, drives the [`Reconnect`] machine, and carries
+/// out its steps (sleep until the attempt's time, dial, replay); gives up by closing the
+/// connection with [`Error::ReconnectFailed`].
+async fn supervise(
+    shared: Arc<Shared>,
+    factory: ConnectionFactory,
+    mut machine: Reconnect,
+    mut lost: tokio::sync::mpsc::UnboundedReceiver<(u64, Error)>,
+) {
+    // The generation of the live link: reports about older ones are stale.
+    let mut live = 0u64;
+    while let Some((generation, error)) = lost.recv().await {
+        if generation < live {
+            continue;
+        }
+        if shared.lock().closed.is_some() {
+            return;
+        }
+        let mut last = error;
+        let mut step = machine.lost(now());
+        loop {
+            match step {
+                Step::GiveUp { attempts, elapsed } => {
+                    tracing::warn!(attempts, ?elapsed, error = %last, "reconnect budget spent; closing");
+                    shared.fail(Error::ReconnectFailed {
+                        attempts,
+                        elapsed,
+                        last: Box::new(last),
+                    });
+                    return;
+                }
+                Step::Connect {
+                    endpoint,
+                    at,
+                    attempt,
+                } => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                    if shared.lock().closed.is_some() {
+                        return;
+                    }
+                    match resume(&shared, &factory, endpoint).await {
+                        Ok(generation) => {
+                            live = generation;
+                            machine.connected();
+                            let endpoint = factory.endpoint_name(endpoint);
+                            tracing::info!(%endpoint, attempt, "reconnected");
+                            shared.emit(ConnectionEvent::Reconnected {
+                                endpoint,
+                                attempts: attempt,
+                            });
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(endpoint, attempt, error = %e, "reconnect attempt failed");
+                            if shared.lock().closed.is_some() {
+                                return;
+                            }
+                            last = e;
+                            step = machine.failed(now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One reconnect attempt: dial, put the link in place, replay, wait for the replay's answers.
+async fn resume(shared: &Arc<Shared>, factory: &ConnectionFactory, endpoint: usize) -> Result<u64> {
+    let link = factory.dial(endpoint).await?;
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (generation, waits) =
+        shared.resume(out_tx, link.endpoint.clone(), link.connected.connection_id)?;
+    let reader = tokio::spawn(shared::reader(
+        shared.clone(),
+        generation,
+        link.rx,
+        link.heartbeat,
+    ));
+    let writer = tokio::spawn(shared::writer(
+        shared.clone(),
+        generation,
+        link.tx,
+        out_rx,
+        link.heartbeat,
+    ));
+    {
+        let mut io = shared.io();
+        // The lost link's tasks may still wait on a half-open socket (a read that never ends, a
+        // write into a full send buffer); nothing they hold matters any more.
+        if let Some(old) = io.reader.replace(reader) {
+            old.abort();
+        }
+        if let Some(old) = io.writer.replace(writer) {
+            old.abort();
+        }
+    }
+    let replay = async {
+        for (_, rx) in waits {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Error::ConnectionClosed),
+            }
+        }
+        Ok(())
+    };
+    let outcome = match tokio::time::timeout(shared.settings.request_timeout, replay).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout("no answer to the replay after reconnecting")),
+    };
+    if let Err(e) = &outcome {
+        // Refused or silent: this link is no good; the next attempt follows the schedule.
+        shared.lost(generation, e.clone(), None);
+    }
+    outcome.map(|()| generation)
+}
+
+impl Connection {
+    /// Starts the reader and writer on a fresh link (and the supervisor for failover).
+    fn launch(
+        link: Link,
+        opts: &ConnectionOptions,
+        failover: Option<(ConnectionFactory, Reconnect)>,
+    ) -> Connection {
+        let (shared, out_rx) = Shared::new(
+            Settings {
+                max_frame_size: link.max_frame_size,
+                default_prefetch: opts.prefetch,
+                request_timeout: opts.request_timeout,
+            },
+            link.endpoint.clone(),
+        );
+        shared.connection_id.store(
+            link.connected.connection_id,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // Before the tasks run: a loss they report must already go to the supervisor.
+        let supervisor = failover.map(|(factory, machine)| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            shared.enable_failover(tx);
+            tokio::spawn(supervise(shared.clone(), factory, machine, rx))
+        });
+        let reader = tokio::spawn(shared::reader(shared.clone(), 0, link.rx, link.heartbeat));
+        let writer = tokio::spawn(shared::writer(
+            shared.clone(),
+            0,
+            link.tx,
+            out_rx,
+            link.heartbeat,
+        ));
+        *shared.io() = Io {
+            reader: Some(reader),
+            writer: Some(writer),
+        };
+        Connection {
+            shared,
+            client_id: opts.client_id.clone(),
+            connected: link.connected,
+            heartbeat: link.heartbeat,
+            supervisor,
+        }
+    }
 }
 
 /// A connection to the broker (JMS `Connection`): one reader task, one writer task, any number of
@@ -294,16 +565,16 @@ pub(crate) async fn handshake(
 pub struct Connection {
     shared: Arc<Shared>,
     client_id: Option<String>,
+    /// The first link's answer.
     connected: wire::Connected,
     heartbeat: Option<Duration>,
-    reader: JoinHandle<()>,
-    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    supervisor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("connection_id", &self.connected.connection_id)
+            .field("connection_id", &self.connection_id())
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
@@ -315,12 +586,22 @@ impl Connection {
         self.client_id.as_deref()
     }
 
-    /// The broker's id for this connection (for its logs and metrics).
+    /// The broker's id for this connection (for its logs and metrics); after a failover, the
+    /// current link's.
     pub fn connection_id(&self) -> u64 {
-        self.connected.connection_id
+        self.shared
+            .connection_id
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The broker's name and version, as it reported them.
+    /// Whether a link is up right now (false while a failover connection reconnects, and once
+    /// closed).
+    pub fn is_connected(&self) -> bool {
+        let st = self.shared.lock();
+        st.up && st.closed.is_none()
+    }
+
+    /// The broker's name and version, as the first link's broker reported them.
     pub fn server(&self) -> &str {
         &self.connected.server
     }
@@ -362,7 +643,8 @@ impl Connection {
     }
 
     /// Errors that arrive outside any call (the JMS `ExceptionListener`): failed pipelined sends,
-    /// broker errors, the end of the connection.
+    /// broker errors, failover ([`ConnectionEvent::Disconnected`],
+    /// [`ConnectionEvent::Reconnected`]), the end of the connection.
     pub fn events(&self) -> Events {
         let (rx, closed) = self.shared.subscribe();
         Events::new(rx, closed)
@@ -378,11 +660,15 @@ impl Connection {
     /// back to the broker), sends `Close`, and waits until the writer has flushed it. Pending sends
     /// and requests fail with [`Error::ConnectionClosed`]. Idempotent.
     pub async fn close(&self) -> Result<()> {
+        if let Some(s) = &self.supervisor {
+            // No reconnect may race the close.
+            s.abort();
+        }
         let sessions: Vec<(u64, oneshot::Receiver<Result<()>>)> = {
             let mut st = self.shared.lock();
             if st.closed.is_some() {
                 drop(st);
-                self.reader.abort();
+                self.abort_reader();
                 return Ok(());
             }
             let ids: Vec<u64> = st.sessions.keys().copied().collect();
@@ -401,19 +687,28 @@ impl Connection {
         if self.shared.close_by_application(done_tx) {
             let _ = tokio::time::timeout(self.shared.settings.request_timeout, done_rx).await;
         }
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.shared.io().writer.take();
         if let Some(w) = writer {
             let _ = tokio::time::timeout(self.shared.settings.request_timeout, w).await;
         }
-        self.reader.abort();
+        self.abort_reader();
         Ok(())
+    }
+
+    fn abort_reader(&self) {
+        if let Some(r) = self.shared.io().reader.take() {
+            r.abort();
+        }
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(s) = &self.supervisor {
+            s.abort();
+        }
         let (done_tx, _) = oneshot::channel();
         self.shared.close_by_application(done_tx);
-        self.reader.abort();
+        self.abort_reader();
     }
 }

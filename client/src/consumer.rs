@@ -15,7 +15,7 @@ use tandem_protocol::{Frame, wire};
 
 use crate::error::{Error, Result};
 use crate::session::{AckMode, SessionCore, ack_frame};
-use crate::shared::{AfterAnswer, ConsumerSlot, Shared, State};
+use crate::shared::{AfterAnswer, ConsumerSlot, OnLoss, Shared, State};
 
 /// Options of a consumer before it opens (see [`crate::Session::consumer`]).
 #[must_use = "call build().await to open the consumer"]
@@ -100,6 +100,7 @@ impl ConsumerBuilder {
         let consumer_id = shared.next_id();
         let prefetch = self.prefetch.unwrap_or(shared.settings.default_prefetch);
         let session_id = self.session.id;
+        shared.ready().await?;
         let (id, rx) = {
             let mut st = shared.lock();
             st.check_open()?;
@@ -129,12 +130,14 @@ impl ConsumerBuilder {
                     buffer: VecDeque::new(),
                     waker: None,
                     pull_outstanding: 0,
+                    open: open.clone(),
                 },
             );
-            let r = shared.request_locked(
+            let r = shared.request_locked_on_loss(
                 &mut st,
                 |request_id| Frame::ConsumerOpen(wire::ConsumerOpen { request_id, ..open }),
                 AfterAnswer::None,
+                OnLoss::ForgetConsumer(consumer_id),
             );
             if r.is_err() {
                 st.consumers.remove(&consumer_id);
@@ -245,8 +248,10 @@ impl Consumer {
             return Poll::Ready(Polled::Ended);
         }
         let shared: &Shared = &self.session.shared;
+        let generation;
         let delivery = {
             let mut st = shared.lock();
+            generation = st.generation;
             if let Some(e) = &st.closed {
                 self.ended = true;
                 return Poll::Ready(Polled::Failed(e.clone()));
@@ -355,6 +360,7 @@ impl Consumer {
                         delivery_id,
                         browser: self.browser,
                         acked: Arc::new(AtomicBool::new(false)),
+                        generation,
                     },
                 })
             }
@@ -393,6 +399,14 @@ fn close_consumer_locked(
     let Some(slot) = st.consumers.remove(&consumer_id) else {
         return Ok(None);
     };
+    if !st.up {
+        // Failing over: the lost link took the consumer and its deliveries with it, and it is
+        // not recreated.
+        if let Some(sess) = st.sessions.get_mut(&session_id) {
+            sess.positions.remove(&consumer_id);
+        }
+        return Ok(None);
+    }
     let mut last_consumed = 0;
     if let Some(sess) = st.sessions.get_mut(&session_id) {
         if let Some(pos) = sess.positions.get_mut(&consumer_id) {
@@ -420,7 +434,7 @@ fn close_consumer_locked(
         return Ok(None);
     }
     shared
-        .request_locked(
+        .request_locked_on_loss(
             st,
             |request_id| {
                 Frame::ConsumerClose(wire::ConsumerClose {
@@ -430,6 +444,7 @@ fn close_consumer_locked(
                 })
             },
             AfterAnswer::None,
+            OnLoss::Succeed,
         )
         .map(Some)
 }
@@ -477,6 +492,8 @@ pub struct AckHandle {
     browser: bool,
     /// Individual mode: this delivery is acknowledged (a second `ack` sends nothing).
     acked: Arc<AtomicBool>,
+    /// The link the delivery came over: delivery ids mean nothing to another link's broker.
+    generation: u64,
 }
 
 impl std::fmt::Debug for AckHandle {
@@ -547,6 +564,15 @@ impl AckHandle {
         let pending = {
             let mut st = shared.lock();
             st.check_open()?;
+            if st.generation != self.generation {
+                // Acking the new link's delivery with this id would ack another message.
+                return match st.sessions.get(&session_id).map(|s| s.ack_mode) {
+                    None => Err(Error::Closed("session")),
+                    Some(AckMode::Auto | AckMode::DupsOk | AckMode::Transacted) => Ok(()),
+                    Some(_) if self.acked.load(Ordering::Acquire) => Ok(()),
+                    Some(_) => Err(Error::AckAfterFailover),
+                };
+            }
             let sess = st
                 .sessions
                 .get_mut(&session_id)
@@ -569,10 +595,11 @@ impl AckHandle {
                     }
                     let mut pending = Vec::with_capacity(todo.len());
                     for (cid, did) in todo {
-                        pending.push(shared.request_locked(
+                        pending.push(shared.request_locked_on_loss(
                             &mut st,
                             |rid| ack_frame(session_id, cid, did, wire::AckKind::Cumulative, rid),
                             AfterAnswer::None,
+                            OnLoss::AckLost,
                         )?);
                     }
                     pending
@@ -580,10 +607,11 @@ impl AckHandle {
                 AckMode::Individual if self.acked.load(Ordering::Acquire) => Vec::new(),
                 AckMode::Individual => {
                     let (cid, did) = (self.consumer_id, self.delivery_id);
-                    vec![shared.request_locked(
+                    vec![shared.request_locked_on_loss(
                         &mut st,
                         |rid| ack_frame(session_id, cid, did, wire::AckKind::Individual, rid),
                         AfterAnswer::None,
+                        OnLoss::AckLost,
                     )?]
                 }
                 AckMode::Auto | AckMode::DupsOk | AckMode::Transacted => Vec::new(),

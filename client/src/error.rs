@@ -72,6 +72,30 @@ pub enum Error {
     /// The peer broke the protocol (an unexpected frame, undecodable bytes).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A failover connection lost its broker and spent its reconnect budget
+    /// ([`crate::ReconnectPolicy`]): the connection is closed, and every pending send, request and
+    /// receive fails with this.
+    #[error("reconnect failed after {attempts} attempts in {elapsed:?}: {last}")]
+    ReconnectFailed {
+        /// Attempts made since the link was lost.
+        attempts: u32,
+        /// Time spent trying.
+        elapsed: std::time::Duration,
+        /// Why the last attempt (or the link) failed.
+        last: Box<Error>,
+    },
+    /// An acknowledgement of a message delivered over a link that has since been lost (the
+    /// connection failed over). The acknowledgement cannot reach the broker; the message is not
+    /// acknowledged and comes again, flagged redelivered (JMS: "a message acknowledged after
+    /// failover is redelivered"). Process it idempotently when it comes again.
+    #[error(
+        "acknowledged after failover: the message was delivered over a lost link and will be redelivered"
+    )]
+    AckAfterFailover,
+    /// The session's open transaction was lost with the link (the connection failed over): the
+    /// broker rolled it back. Repeat the transaction's work and commit again.
+    #[error("transaction rolled back: {0}")]
+    TransactionRolledBack(String),
 }
 
 impl From<std::io::Error> for Error {
@@ -101,9 +125,13 @@ impl Error {
         }
     }
 
-    /// True when the connection is gone ([`Error::ConnectionClosed`] or [`Error::ConnectionLost`]).
+    /// True when the connection (or, with failover, the link) is gone: [`Error::ConnectionClosed`],
+    /// [`Error::ConnectionLost`] or [`Error::ReconnectFailed`].
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, Error::ConnectionClosed | Error::ConnectionLost { .. })
+        matches!(
+            self,
+            Error::ConnectionClosed | Error::ConnectionLost { .. } | Error::ReconnectFailed { .. }
+        )
     }
 }
 

@@ -29,6 +29,24 @@ pub enum ConnectionEvent {
     Closed(Error),
     /// The listener fell behind and this many events were dropped.
     Lagged(u64),
+    /// A failover connection lost its link to `endpoint` and is reconnecting. Meanwhile sends and
+    /// requests wait (up to the request timeout); deliveries buffered from the lost link are
+    /// dropped (the broker gives them back flagged redelivered).
+    Disconnected {
+        /// The endpoint whose link was lost (`tcp://host:port`, or `in-process`).
+        endpoint: String,
+        /// Why.
+        error: Error,
+    },
+    /// A failover connection is connected again, to `endpoint`, after `attempts` attempts; its
+    /// sessions, producers and consumers are open again and unconfirmed persistent sends were
+    /// resent.
+    Reconnected {
+        /// The endpoint now connected.
+        endpoint: String,
+        /// Attempts this reconnect took.
+        attempts: u32,
+    },
 }
 
 struct Listener {

@@ -41,7 +41,20 @@
 //! and sequence) and routes deliveries to per-consumer buffers, bounded by the consumer's prefetch
 //! (the broker's credit). Heartbeats follow the protocol: a `Ping` after one idle interval, a close
 //! with `IdleTimeout` after three silent ones. No lock is held across an `.await`; a lost connection
-//! fails every pending request and receipt with [`Error::ConnectionLost`].
+//! fails every pending request and receipt with [`Error::ConnectionLost`] (unless it fails over).
+//!
+//! # Failover
+//!
+//! A `failover:(tcp://a:61616,tcp://b:61616)?options` URL (or one address behind a load balancer,
+//! `failover:(tcp://lb:61616)`) makes a connection that survives its broker: a supervisor task
+//! drives the pure [`Reconnect`] schedule (backoff with jitter, round-robin, an attempt and time
+//! budget, see [`ReconnectPolicy`]), opens the sessions, producers and consumers again under the
+//! same ids (producers keep their stable name), and resends every unconfirmed persistent send with
+//! its producer name and sequence, which the broker's journaled duplicate detection drops if it had
+//! stored it. The application's handles keep working; [`Connection::events`] reports
+//! [`ConnectionEvent::Disconnected`] and [`ConnectionEvent::Reconnected`]; an ack of a message from
+//! the lost link is [`Error::AckAfterFailover`]; a spent budget closes the connection with
+//! [`Error::ReconnectFailed`]. Guarantees and limits: `docs/CLIENT-FAILOVER.md`.
 //!
 //! # Acknowledgement, credit and recover
 //!
@@ -67,6 +80,7 @@ mod consumer;
 mod error;
 mod event;
 mod producer;
+mod reconnect;
 mod session;
 mod shared;
 mod transport;
@@ -85,6 +99,7 @@ pub use consumer::{AckHandle, Consumer, ConsumerBuilder, Received};
 pub use error::{Error, Result};
 pub use event::{ConnectionEvent, Events};
 pub use producer::{Producer, Receipt};
+pub use reconnect::{Reconnect, ReconnectPolicy, SplitMix64, Step};
 pub use session::{AckMode, Session};
 pub use url::{BrokerUrl, Endpoint};
 

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::session::SessionCore;
-use crate::shared::Outgoing;
+use crate::shared::{OnLoss, Outgoing, ProducerReg, ReceiptSlot};
 
 /// A globally unique producer name: 128 random bits as hex.
 ///
@@ -83,6 +83,7 @@ impl Producer {
         let shared = session.shared.clone();
         let producer_id = shared.next_id();
         let name = unique_name();
+        shared.ready().await?;
         let (id, rx) = {
             let mut st = shared.lock();
             st.check_open()?;
@@ -92,7 +93,12 @@ impl Producer {
             let producer_name = name.clone();
             let session_id = session.id;
             let dest = destination.as_ref().map(Destination::to_wire);
-            shared.request_locked(
+            let reg = ProducerReg {
+                session_id,
+                name: name.clone(),
+                destination: dest.clone(),
+            };
+            let r = shared.request_locked_on_loss(
                 &mut st,
                 |request_id| {
                     Frame::ProducerOpen(wire::ProducerOpen {
@@ -104,9 +110,16 @@ impl Producer {
                     })
                 },
                 crate::shared::AfterAnswer::None,
-            )?
+                OnLoss::ForgetProducer(producer_id),
+            )?;
+            // Known from now on, so a failover after the broker's answer recreates it.
+            st.producers.insert(producer_id, reg);
+            r
         };
-        shared.wait(id, rx).await?;
+        if let Err(e) = shared.wait(id, rx).await {
+            shared.lock().producers.remove(&producer_id);
+            return Err(e);
+        }
         Ok(Producer {
             session,
             id: producer_id,
@@ -231,27 +244,54 @@ impl Producer {
         });
         shared.check_size(&frame)?;
         let cost = frame.wire_len().min(shared.send_budget_bytes) as u32;
+        // With failover a persistent send is kept until confirmed, to be resent on a new link;
+        // what is kept is bounded too.
+        let mut keep = None;
+        if receipt && shared.failover_enabled() {
+            let cost = frame.wire_len().min(shared.unconfirmed_budget_bytes) as u32;
+            let permit = shared
+                .unconfirmed_budget
+                .clone()
+                .acquire_many_owned(cost)
+                .await
+                .map_err(|_| Error::ConnectionClosed)?;
+            let Frame::Send(f) = &frame else {
+                unreachable!("built as a Send above")
+            };
+            keep = Some((f.clone(), permit));
+        }
         let permit = shared
             .send_budget
             .clone()
             .acquire_many_owned(cost)
             .await
             .map_err(|_| Error::ConnectionClosed)?;
-        let rx = {
-            let mut st = shared.lock();
-            st.check_open()?;
-            if !st.sessions.contains_key(&self.session.id) {
-                return Err(Error::Closed("session"));
+        // While the connection fails over, wait for the new link (bounded by the request
+        // timeout) rather than fail.
+        let deadline = tokio::time::Instant::now() + shared.settings.request_timeout;
+        loop {
+            {
+                let mut st = shared.lock();
+                st.check_open()?;
+                if !st.sessions.contains_key(&self.session.id) {
+                    return Err(Error::Closed("session"));
+                }
+                if st.up {
+                    let rx = receipt.then(|| {
+                        let (tx, rx) = oneshot::channel();
+                        let slot = ReceiptSlot {
+                            tx,
+                            resend: keep.take(),
+                        };
+                        st.receipts.insert((self.id, sequence), slot);
+                        rx
+                    });
+                    shared.push_outgoing(Outgoing::Send(frame, permit));
+                    return Ok(Receipt { message_id, rx });
+                }
             }
-            let rx = receipt.then(|| {
-                let (tx, rx) = oneshot::channel();
-                st.receipts.insert((self.id, sequence), tx);
-                rx
-            });
-            shared.push_outgoing(Outgoing::Send(frame, permit));
-            rx
-        };
-        Ok(Receipt { message_id, rx })
+            shared.wait_up(deadline).await?;
+        }
     }
 
     /// Closes the producer. Idempotent.
@@ -263,10 +303,12 @@ impl Producer {
         let shared = &self.session.shared;
         let (id, rx) = {
             let mut st = shared.lock();
-            if st.closed.is_some() || !st.sessions.contains_key(&self.session.id) {
+            st.producers.remove(&producer_id);
+            // While failing over there is nothing to close: the lost link took the producer.
+            if st.closed.is_some() || !st.up || !st.sessions.contains_key(&self.session.id) {
                 return Ok(());
             }
-            shared.request_locked(
+            shared.request_locked_on_loss(
                 &mut st,
                 |request_id| {
                     Frame::ProducerClose(wire::ProducerClose {
@@ -275,6 +317,7 @@ impl Producer {
                     })
                 },
                 crate::shared::AfterAnswer::None,
+                OnLoss::Succeed,
             )?
         };
         shared.wait(id, rx).await
@@ -287,6 +330,7 @@ impl Drop for Producer {
             let producer_id = self.id;
             let shared = &self.session.shared;
             let mut st = shared.lock();
+            st.producers.remove(&producer_id);
             if st.closed.is_none() && st.sessions.contains_key(&self.session.id) {
                 shared.fire_and_forget(&mut st, |request_id| {
                     Frame::ProducerClose(wire::ProducerClose {

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::shared::{AfterAnswer, Position, SessionState, Shared, State};
+use crate::shared::{AfterAnswer, OnLoss, Position, SessionState, Shared, State};
 
 /// How a session acknowledges what its consumers receive (JMS acknowledge modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +27,10 @@ pub enum AckMode {
     Individual,
     /// Transacted sessions: not implemented yet ([`Error::Unsupported`]).
     Transacted,
+}
+
+pub(crate) fn ack_mode_wire(mode: AckMode) -> wire::AckMode {
+    mode.to_wire()
 }
 
 impl AckMode {
@@ -95,8 +99,11 @@ pub(crate) fn close_session_locked(
             w.wake();
         }
     }
+    // Not to be recreated on a new link.
+    st.producers.retain(|_, p| p.session_id != session_id);
+    // While failing over nothing is sent: the lost link took the session with it.
     shared
-        .request_locked(
+        .request_locked_on_loss(
             st,
             |request_id| {
                 Frame::SessionClose(wire::SessionClose {
@@ -105,6 +112,7 @@ pub(crate) fn close_session_locked(
                 })
             },
             AfterAnswer::None,
+            OnLoss::Succeed,
         )
         .ok()
 }
@@ -151,9 +159,10 @@ impl Session {
             ));
         }
         let session_id = shared.next_id();
+        shared.ready().await?;
         let (id, rx) = {
             let mut st = shared.lock();
-            let r = shared.request_locked(
+            let r = shared.request_locked_on_loss(
                 &mut st,
                 |request_id| {
                     Frame::SessionOpen(wire::SessionOpen {
@@ -163,6 +172,7 @@ impl Session {
                     })
                 },
                 AfterAnswer::None,
+                OnLoss::ForgetSession(session_id),
             )?;
             st.sessions.insert(
                 session_id,
@@ -238,6 +248,14 @@ impl Session {
         let (id, rx) = {
             let mut st = shared.lock();
             st.check_open()?;
+            if !st.up {
+                // The failover already dropped the buffers; the old broker gives everything back.
+                return if st.sessions.contains_key(&session_id) {
+                    Ok(())
+                } else {
+                    Err(Error::Closed("session"))
+                };
+            }
             let State {
                 consumers,
                 sessions,
@@ -272,7 +290,7 @@ impl Session {
             let open: Vec<u64> = consumers.keys().copied().collect();
             sess.positions.retain(|cid, _| open.contains(cid));
             sess.recovering += 1;
-            shared.request_locked(
+            shared.request_locked_on_loss(
                 &mut st,
                 |request_id| {
                     Frame::Nack(wire::Nack {
@@ -283,6 +301,7 @@ impl Session {
                     })
                 },
                 AfterAnswer::EndRecover(session_id),
+                OnLoss::Succeed,
             )?
         };
         shared.wait(id, rx).await

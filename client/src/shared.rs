@@ -12,6 +12,16 @@
 //! One `std::sync::Mutex` guards [`State`]; it is never held across an `.await`. Frames that must keep
 //! their order relative to state changes (acks, the recover `Nack`) are queued while it is held:
 //! queueing is a non-blocking push.
+//!
+//! **Failover.** `Shared` outlives any one transport. Each transport is a *generation*: its reader
+//! and writer carry the number, and a frame from a reader whose generation is no longer current is
+//! dropped (checked under the lock, so a stale delivery can never reach a consumer of the new
+//! link). When a link is lost and the connection reconnects ([`Shared::lost`]), under the lock:
+//! the writer's channel is swapped for a dead one (frames queued while down — acks, flow — belong
+//! to the dead link and are dropped), the generation moves on, consumer buffers and ack positions
+//! are cleared (their deliveries are the old broker's, which gives them back flagged redelivered),
+//! requests in flight are resolved by what they were ([`OnLoss`]), and unconfirmed persistent
+//! sends stay in `receipts` with their frames for the resend. Lock order: `state`, then `out`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +30,8 @@ use std::task::Waker;
 use std::time::Duration;
 
 use tandem_protocol::{CodecError, ErrorCode, Frame, wire};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::event::ConnectionEvent;
@@ -29,6 +40,9 @@ use crate::transport::{FrameRx, FrameTx};
 
 /// Most bytes the writer puts into one write.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// A request's id and the receiver of its answer.
+pub(crate) type PendingAnswer = (u64, oneshot::Receiver<Result<()>>);
 
 /// What the writer task receives.
 pub(crate) enum Outgoing {
@@ -49,9 +63,51 @@ pub(crate) enum AfterAnswer {
     EndRecover(u64),
 }
 
+/// What becomes of a request in flight when the link is lost and the connection fails over.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OnLoss {
+    /// Fails with the loss (the caller may retry on the new link).
+    Fail,
+    /// Done anyway: closes (the dead link took the entity with it; it is not recreated) and the
+    /// recover `Nack` (everything unacknowledged comes back flagged redelivered anyway).
+    Succeed,
+    /// An acknowledgement that cannot reach the broker that made the delivery.
+    AckLost,
+    /// An open that did not complete: forget the entity (it is not recreated) and fail.
+    ForgetSession(u64),
+    ForgetProducer(u64),
+    ForgetConsumer(u64),
+}
+
 struct Pending {
     tx: oneshot::Sender<Result<()>>,
     after: AfterAnswer,
+    on_loss: OnLoss,
+}
+
+/// A persistent send waiting for its receipt.
+pub(crate) struct ReceiptSlot {
+    pub(crate) tx: oneshot::Sender<Result<()>>,
+    /// With failover: the frame to resend on the next link (same producer and sequence, so the
+    /// broker's duplicate detection drops it if it was stored) and its share of the budget of
+    /// unconfirmed bytes.
+    pub(crate) resend: Option<(wire::Send, OwnedSemaphorePermit)>,
+}
+
+/// What the application's calls see of the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    Up,
+    /// Lost; the supervisor is reconnecting.
+    Down,
+    Closed,
+}
+
+/// A producer as the broker must see it again after a reconnect.
+pub(crate) struct ProducerReg {
+    pub(crate) session_id: u64,
+    pub(crate) name: String,
+    pub(crate) destination: Option<wire::Destination>,
 }
 
 /// A consumer's slot: where the reader puts its deliveries.
@@ -63,6 +119,8 @@ pub(crate) struct ConsumerSlot {
     pub(crate) waker: Option<Waker>,
     /// Flow credit asked and not yet used by a delivery (pull consumers: 0 or 1).
     pub(crate) pull_outstanding: u32,
+    /// The open frame (request id 0), replayed on a new link.
+    pub(crate) open: wire::ConsumerOpen,
 }
 
 impl ConsumerSlot {
@@ -102,10 +160,17 @@ pub(crate) struct SessionState {
 pub(crate) struct State {
     pub(crate) closed: Option<Error>,
     pub(crate) started: bool,
+    /// A transport is connected (false while failing over).
+    pub(crate) up: bool,
+    /// The current link's number; raised when a link is lost.
+    pub(crate) generation: u64,
+    /// Where the current (or last) link goes, for events.
+    pub(crate) endpoint: String,
     requests: HashMap<u64, Pending>,
-    pub(crate) receipts: HashMap<(u64, u64), oneshot::Sender<Result<()>>>,
+    pub(crate) receipts: HashMap<(u64, u64), ReceiptSlot>,
     pub(crate) consumers: HashMap<u64, ConsumerSlot>,
     pub(crate) sessions: HashMap<u64, SessionState>,
+    pub(crate) producers: HashMap<u64, ProducerReg>,
 }
 
 impl State {
@@ -117,6 +182,21 @@ impl State {
     }
 }
 
+/// The error of a request made in the instant a link was lost (the caller may retry).
+pub(crate) fn failing_over() -> Error {
+    Error::ConnectionLost {
+        code: None,
+        reason: "the connection is failing over; the request was not sent (retry)".into(),
+    }
+}
+
+/// The reader and writer of the current link.
+#[derive(Default)]
+pub(crate) struct Io {
+    pub(crate) reader: Option<JoinHandle<()>>,
+    pub(crate) writer: Option<JoinHandle<()>>,
+}
+
 /// Settings fixed at connect time.
 pub(crate) struct Settings {
     pub(crate) max_frame_size: usize,
@@ -126,29 +206,88 @@ pub(crate) struct Settings {
 
 pub(crate) struct Shared {
     state: Mutex<State>,
-    out: mpsc::UnboundedSender<Outgoing>,
+    /// The current writer's channel (a dead one while failing over).
+    out: Mutex<mpsc::UnboundedSender<Outgoing>>,
     pub(crate) send_budget: Arc<Semaphore>,
     pub(crate) send_budget_bytes: usize,
+    /// With failover: bytes of persistent sends kept for a resend until their receipt arrives.
+    pub(crate) unconfirmed_budget: Arc<Semaphore>,
+    pub(crate) unconfirmed_budget_bytes: usize,
     next_id: AtomicU64,
     events: broadcast::Sender<ConnectionEvent>,
     pub(crate) settings: Settings,
+    link: watch::Sender<LinkState>,
+    /// Set when the connection fails over: the supervisor hears of each lost generation here.
+    failover: std::sync::OnceLock<mpsc::UnboundedSender<(u64, Error)>>,
+    pub(crate) connection_id: AtomicU64,
+    pub(crate) io: Mutex<Io>,
 }
 
 impl Shared {
-    pub(crate) fn new(settings: Settings) -> (Arc<Shared>, mpsc::UnboundedReceiver<Outgoing>) {
+    pub(crate) fn new(
+        settings: Settings,
+        endpoint: String,
+    ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Outgoing>) {
         let (out, rx) = mpsc::unbounded_channel();
         // Room for at least one frame of the largest size, and for plenty of small ones.
         let budget = settings.max_frame_size.max(8 * 1024 * 1024);
+        let unconfirmed = settings.max_frame_size.max(64 * 1024 * 1024);
+        let state = State {
+            up: true,
+            endpoint,
+            ..State::default()
+        };
         let shared = Shared {
-            state: Mutex::new(State::default()),
-            out,
+            state: Mutex::new(state),
+            out: Mutex::new(out),
             send_budget: Arc::new(Semaphore::new(budget)),
             send_budget_bytes: budget,
+            unconfirmed_budget: Arc::new(Semaphore::new(unconfirmed)),
+            unconfirmed_budget_bytes: unconfirmed,
             next_id: AtomicU64::new(1),
             events: broadcast::channel(256).0,
             settings,
+            link: watch::channel(LinkState::Up).0,
+            failover: std::sync::OnceLock::new(),
+            connection_id: AtomicU64::new(0),
+            io: Mutex::new(Io::default()),
         };
         (Arc::new(shared), rx)
+    }
+
+    /// Turns failover on: lost links are reported to the supervisor instead of closing.
+    pub(crate) fn enable_failover(&self, lost: mpsc::UnboundedSender<(u64, Error)>) {
+        let _ = self.failover.set(lost);
+    }
+
+    pub(crate) fn failover_enabled(&self) -> bool {
+        self.failover.get().is_some()
+    }
+
+    pub(crate) fn io(&self) -> MutexGuard<'_, Io> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn out(&self) -> MutexGuard<'_, mpsc::UnboundedSender<Outgoing>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the link is up (or the connection closed: the caller then sees why under the
+    /// lock), at most until `deadline`.
+    pub(crate) async fn wait_up(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let mut rx = self.link.subscribe();
+        match tokio::time::timeout_at(deadline, rx.wait_for(|s| *s != LinkState::Down)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Timeout(
+                "the connection was not re-established within the request timeout",
+            )),
+        }
+    }
+
+    /// [`Shared::wait_up`] bounded by the request timeout from now.
+    pub(crate) async fn ready(&self) -> Result<()> {
+        self.wait_up(tokio::time::Instant::now() + self.settings.request_timeout)
+            .await
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -164,11 +303,11 @@ impl Shared {
     /// Queues a frame for the writer. Callers hold the lock when the frame's order relative to a
     /// state change matters.
     pub(crate) fn push(&self, frame: Frame) {
-        let _ = self.out.send(Outgoing::Frame(frame));
+        let _ = self.out().send(Outgoing::Frame(frame));
     }
 
     pub(crate) fn push_outgoing(&self, o: Outgoing) {
-        let _ = self.out.send(o);
+        let _ = self.out().send(o);
     }
 
     pub(crate) fn check_size(&self, frame: &Frame) -> Result<()> {
@@ -189,12 +328,27 @@ impl Shared {
         build: impl FnOnce(u64) -> Frame,
         after: AfterAnswer,
     ) -> Result<(u64, oneshot::Receiver<Result<()>>)> {
+        self.request_locked_on_loss(st, build, after, OnLoss::Fail)
+    }
+
+    /// [`Shared::request_locked`], saying what a failover does to the request in flight. While the
+    /// link is down nothing is sent: the request fails at once ([`failing_over`]).
+    pub(crate) fn request_locked_on_loss(
+        &self,
+        st: &mut State,
+        build: impl FnOnce(u64) -> Frame,
+        after: AfterAnswer,
+        on_loss: OnLoss,
+    ) -> Result<(u64, oneshot::Receiver<Result<()>>)> {
         st.check_open()?;
+        if !st.up {
+            return Err(failing_over());
+        }
         let id = self.next_id();
         let frame = build(id);
         self.check_size(&frame)?;
         let (tx, rx) = oneshot::channel();
-        st.requests.insert(id, Pending { tx, after });
+        st.requests.insert(id, Pending { tx, after, on_loss });
         self.push(frame);
         Ok((id, rx))
     }
@@ -247,6 +401,8 @@ impl Shared {
                 return;
             }
             st.closed = Some(err.clone());
+            st.up = false;
+            self.link.send_replace(LinkState::Closed);
             let wakers: Vec<Waker> = st
                 .consumers
                 .values_mut()
@@ -264,8 +420,8 @@ impl Shared {
         for (_, p) in requests {
             let _ = p.tx.send(Err(err.clone()));
         }
-        for (_, tx) in receipts {
-            let _ = tx.send(Err(err.clone()));
+        for (_, r) in receipts {
+            let _ = r.tx.send(Err(err.clone()));
         }
         for w in wakers {
             w.wake();
@@ -280,6 +436,8 @@ impl Shared {
                 return false;
             }
             st.closed = Some(Error::ConnectionClosed);
+            st.up = false;
+            self.link.send_replace(LinkState::Closed);
             let wakers: Vec<Waker> = st
                 .consumers
                 .values_mut()
@@ -300,8 +458,8 @@ impl Shared {
         for (_, p) in requests {
             let _ = p.tx.send(Err(Error::ConnectionClosed));
         }
-        for (_, tx) in receipts {
-            let _ = tx.send(Err(Error::ConnectionClosed));
+        for (_, r) in receipts {
+            let _ = r.tx.send(Err(Error::ConnectionClosed));
         }
         for w in wakers {
             w.wake();
@@ -318,9 +476,12 @@ impl Shared {
     }
 
     /// Resolves a request; `mark` is the Ok's `last_delivery_id` (0 for an error).
-    fn answer(&self, request_id: u64, result: Result<()>, mark: u64) {
+    fn answer(&self, generation: u64, request_id: u64, result: Result<()>, mark: u64) {
         let pending = {
             let mut st = self.lock();
+            if st.generation != generation {
+                return;
+            }
             let p = st.requests.remove(&request_id);
             if let Some(p) = &p {
                 end_recover(&mut st, p.after, Some(mark));
@@ -336,9 +497,13 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, d: wire::Deliver) -> Result<()> {
+    fn deliver(&self, generation: u64, d: wire::Deliver) -> Result<()> {
         let waker = {
             let mut st = self.lock();
+            if st.generation != generation {
+                // From a link already lost: its broker takes the delivery back.
+                return Ok(());
+            }
             let State {
                 consumers,
                 sessions,
@@ -381,18 +546,23 @@ impl Shared {
         Ok(())
     }
 
-    /// Routes one frame from the broker. `false` ends the reader.
-    fn dispatch(&self, frame: Frame) -> bool {
+    /// Routes one frame from the broker of link `generation`. `false` ends the reader.
+    fn dispatch(&self, generation: u64, frame: Frame) -> bool {
         match frame {
-            Frame::Ok(ok) => self.answer(ok.request_id, Ok(()), ok.last_delivery_id),
+            Frame::Ok(ok) => self.answer(generation, ok.request_id, Ok(()), ok.last_delivery_id),
             Frame::Error(e) if e.request_id == 0 => {
                 let err = Error::broker(e.code, e.message);
                 tracing::warn!(error = %err, "connection error from the broker");
                 self.emit(ConnectionEvent::BrokerError(err));
             }
-            Frame::Error(e) => self.answer(e.request_id, Err(Error::broker(e.code, e.message)), 0),
+            Frame::Error(e) => self.answer(
+                generation,
+                e.request_id,
+                Err(Error::broker(e.code, e.message)),
+                0,
+            ),
             Frame::SendReceipt(r) => {
-                let tx = self.lock().receipts.remove(&(r.producer_id, r.sequence));
+                let tx = self.take_receipt(generation, r.producer_id, r.sequence);
                 match tx {
                     Some(tx) => {
                         let _ = tx.send(Ok(()));
@@ -406,7 +576,7 @@ impl Shared {
             }
             Frame::SendFailure(f) => {
                 let err = Error::broker(f.code, f.message);
-                let tx = self.lock().receipts.remove(&(f.producer_id, f.sequence));
+                let tx = self.take_receipt(generation, f.producer_id, f.sequence);
                 match tx {
                     Some(tx) => {
                         let _ = tx.send(Err(err));
@@ -420,12 +590,17 @@ impl Shared {
                 }
             }
             Frame::Deliver(d) => {
-                if let Err(e) = self.deliver(d) {
-                    self.close_with(ErrorCode::IllegalState, e);
+                if let Err(e) = self.deliver(generation, d) {
+                    self.lost(generation, e, Some(ErrorCode::IllegalState));
                     return false;
                 }
             }
-            Frame::Ping(p) => self.push(Frame::Pong(wire::Pong { nonce: p.nonce })),
+            Frame::Ping(p) => {
+                let st = self.lock();
+                if st.generation == generation && st.up {
+                    self.push(Frame::Pong(wire::Pong { nonce: p.nonce }));
+                }
+            }
             Frame::Pong(_) => {}
             Frame::Close(c) => {
                 let code = (c.code != 0)
@@ -436,7 +611,7 @@ impl Shared {
                 } else {
                     c.message
                 };
-                self.fail(Error::ConnectionLost { code, reason });
+                self.lost(generation, Error::ConnectionLost { code, reason }, None);
                 return false;
             }
             other => {
@@ -444,22 +619,213 @@ impl Shared {
                     "unexpected {:?} frame from the broker",
                     other.frame_type()
                 ));
-                self.close_with(ErrorCode::IllegalState, e);
+                self.lost(generation, e, Some(ErrorCode::IllegalState));
                 return false;
             }
         }
         true
     }
 
-    /// Sends `Close{code}` (written before the writer stops) and fails the connection with `err`.
-    fn close_with(&self, code: ErrorCode, err: Error) {
-        if self.lock().closed.is_none() {
-            self.push(Frame::Close(wire::Close {
-                code: code.code(),
-                message: err.to_string(),
-            }));
+    /// The waiting side of a receipt, if `generation` is the current link's.
+    fn take_receipt(
+        &self,
+        generation: u64,
+        producer_id: u64,
+        sequence: u64,
+    ) -> Option<oneshot::Sender<Result<()>>> {
+        let mut st = self.lock();
+        if st.generation != generation {
+            // A receipt racing the loss: the resend on the next link is confirmed instead.
+            return None;
         }
-        self.fail(err);
+        st.receipts.remove(&(producer_id, sequence)).map(|r| r.tx)
+    }
+
+    /// Link `generation` ended with `err` (after sending `Close{code}` when given). Without failover
+    /// the connection ends. With it, the link goes down and the supervisor reconnects; a report
+    /// about a link already replaced is ignored.
+    pub(crate) fn lost(&self, generation: u64, err: Error, close: Option<ErrorCode>) {
+        let Some(supervisor) = self.failover.get() else {
+            if let Some(code) = close
+                && self.lock().closed.is_none()
+            {
+                self.push(Frame::Close(wire::Close {
+                    code: code.code(),
+                    message: err.to_string(),
+                }));
+            }
+            self.fail(err);
+            return;
+        };
+        let mut answers: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed.is_some() || !st.up || st.generation != generation {
+                return;
+            }
+            if let Some(code) = close {
+                self.push(Frame::Close(wire::Close {
+                    code: code.code(),
+                    message: err.to_string(),
+                }));
+            }
+            // The old writer flushes what it has and stops; anything queued from now on belongs
+            // to the dead link and goes nowhere.
+            self.push_outgoing(Outgoing::Stop);
+            *self.out() = mpsc::unbounded_channel().0;
+            st.up = false;
+            st.generation += 1;
+            for c in st.consumers.values_mut() {
+                // The old broker gives these back (flagged redelivered); their acks cannot reach
+                // the new one.
+                c.buffer.clear();
+                c.pull_outstanding = 0;
+            }
+            for sess in st.sessions.values_mut() {
+                sess.recovering = 0;
+                sess.stale_up_to = 0;
+                sess.held.clear();
+                sess.positions.clear();
+            }
+            let lost_reason = err.to_string();
+            for (_, p) in std::mem::take(&mut st.requests) {
+                let outcome = match p.on_loss {
+                    OnLoss::Succeed => Ok(()),
+                    OnLoss::AckLost => Err(Error::AckAfterFailover),
+                    OnLoss::Fail => Err(err.clone()),
+                    OnLoss::ForgetSession(id) => {
+                        st.sessions.remove(&id);
+                        st.consumers.retain(|_, c| c.session_id != id);
+                        st.producers.retain(|_, p| p.session_id != id);
+                        Err(interrupted(&lost_reason))
+                    }
+                    OnLoss::ForgetProducer(id) => {
+                        st.producers.remove(&id);
+                        Err(interrupted(&lost_reason))
+                    }
+                    OnLoss::ForgetConsumer(id) => {
+                        st.consumers.remove(&id);
+                        Err(interrupted(&lost_reason))
+                    }
+                };
+                answers.push((p.tx, outcome));
+            }
+            self.emit(ConnectionEvent::Disconnected {
+                endpoint: st.endpoint.clone(),
+                error: err.clone(),
+            });
+            self.link.send_replace(LinkState::Down);
+            let _ = supervisor.send((generation, err.clone()));
+        }
+        tracing::info!(error = %err, "link lost; failing over");
+        for (tx, outcome) in answers {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Puts a new link in place of a lost one: installs its writer channel, then queues (before
+    /// anything the application sends next) the sessions, producers and consumers again under
+    /// their ids, and every unconfirmed persistent send with its producer and sequence. Returns the
+    /// link's generation and the replayed requests to wait for.
+    pub(crate) fn resume(
+        &self,
+        out: mpsc::UnboundedSender<Outgoing>,
+        endpoint: String,
+        connection_id: u64,
+    ) -> Result<(u64, Vec<PendingAnswer>)> {
+        let (generation, waits, wakers) = {
+            let mut st = self.lock();
+            st.check_open()?;
+            *self.out() = out;
+            st.up = true;
+            st.endpoint = endpoint;
+            self.connection_id.store(connection_id, Ordering::Relaxed);
+            let mut waits = Vec::new();
+            let mut sessions: Vec<(u64, AckMode)> = st
+                .sessions
+                .iter()
+                .map(|(id, s)| (*id, s.ack_mode))
+                .collect();
+            sessions.sort_unstable_by_key(|(id, _)| *id);
+            for (session_id, mode) in sessions {
+                waits.push(self.request_locked(
+                    &mut st,
+                    |request_id| {
+                        Frame::SessionOpen(wire::SessionOpen {
+                            request_id,
+                            session_id,
+                            ack_mode: crate::session::ack_mode_wire(mode) as i32,
+                        })
+                    },
+                    AfterAnswer::None,
+                )?);
+            }
+            let mut producers: Vec<(u64, wire::ProducerOpen)> = st
+                .producers
+                .iter()
+                .map(|(id, p)| {
+                    let open = wire::ProducerOpen {
+                        request_id: 0,
+                        session_id: p.session_id,
+                        producer_id: *id,
+                        producer_name: p.name.clone(),
+                        destination: p.destination.clone(),
+                    };
+                    (*id, open)
+                })
+                .collect();
+            producers.sort_unstable_by_key(|(id, _)| *id);
+            for (_, open) in producers {
+                waits.push(self.request_locked(
+                    &mut st,
+                    |request_id| Frame::ProducerOpen(wire::ProducerOpen { request_id, ..open }),
+                    AfterAnswer::None,
+                )?);
+            }
+            let mut consumers: Vec<wire::ConsumerOpen> =
+                st.consumers.values().map(|c| c.open.clone()).collect();
+            consumers.sort_unstable_by_key(|c| c.consumer_id);
+            for open in consumers {
+                waits.push(self.request_locked(
+                    &mut st,
+                    |request_id| Frame::ConsumerOpen(wire::ConsumerOpen { request_id, ..open }),
+                    AfterAnswer::None,
+                )?);
+            }
+            // Per producer in sequence order: the broker keeps the highest stored sequence per
+            // producer name, so the resends must not overtake each other.
+            let mut resends: Vec<&wire::Send> = st
+                .receipts
+                .values()
+                .filter_map(|r| r.resend.as_ref().map(|(f, _)| f))
+                .collect();
+            resends.sort_unstable_by_key(|f| (f.producer_id, f.sequence));
+            let resends: Vec<Frame> = resends.into_iter().cloned().map(Frame::Send).collect();
+            tracing::info!(
+                sessions = st.sessions.len(),
+                producers = st.producers.len(),
+                consumers = st.consumers.len(),
+                resends = resends.len(),
+                "link resumed; replaying"
+            );
+            for f in resends {
+                self.push(f);
+            }
+            let wakers = self.wake_all(&mut st);
+            self.link.send_replace(LinkState::Up);
+            (st.generation, waits, wakers)
+        };
+        // Pull consumers ask for credit again; everyone re-checks its (empty) buffer.
+        wakers.into_iter().for_each(|w| w.wake());
+        Ok((generation, waits))
+    }
+}
+
+/// The error of an open that was in flight when the link was lost: the entity does not exist.
+fn interrupted(reason: &str) -> Error {
+    Error::ConnectionLost {
+        code: None,
+        reason: format!("the link was lost before the broker answered ({reason}); retry"),
     }
 }
 
@@ -500,7 +866,12 @@ fn end_recover(st: &mut State, after: AfterAnswer, mark: Option<u64>) {
 }
 
 /// The reader task: routes frames until the connection ends.
-pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Option<Duration>) {
+pub(crate) async fn reader(
+    shared: Arc<Shared>,
+    generation: u64,
+    mut rx: FrameRx,
+    heartbeat: Option<Duration>,
+) {
     loop {
         let next = match heartbeat {
             Some(hb) => match tokio::time::timeout(hb * 3, rx.recv()).await {
@@ -513,7 +884,7 @@ pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Opti
                             hb * 3
                         ),
                     };
-                    shared.close_with(ErrorCode::IdleTimeout, e);
+                    shared.lost(generation, e, Some(ErrorCode::IdleTimeout));
                     return;
                 }
             },
@@ -521,23 +892,25 @@ pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Opti
         };
         match next {
             None => {
-                shared.fail(Error::ConnectionLost {
+                let e = Error::ConnectionLost {
                     code: None,
                     reason: "the broker ended the connection".into(),
-                });
+                };
+                shared.lost(generation, e, None);
                 return;
             }
             Some(Err(e @ CodecError::Io(_))) => {
-                shared.fail(crate::transport::codec_error(e));
+                shared.lost(generation, crate::transport::codec_error(e), None);
                 return;
             }
             Some(Err(e)) => {
                 // Tell the broker what was wrong with its bytes, as it would tell us.
-                shared.close_with(e.error_code(), crate::transport::codec_error(e));
+                let code = e.error_code();
+                shared.lost(generation, crate::transport::codec_error(e), Some(code));
                 return;
             }
             Some(Ok(frame)) => {
-                if !shared.dispatch(frame) {
+                if !shared.dispatch(generation, frame) {
                     return;
                 }
             }
@@ -548,6 +921,7 @@ pub(crate) async fn reader(shared: Arc<Shared>, mut rx: FrameRx, heartbeat: Opti
 /// The writer task: coalesces every ready frame into one write; pings when idle.
 pub(crate) async fn writer(
     shared: Arc<Shared>,
+    generation: u64,
     mut tx: FrameTx,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     heartbeat: Option<Duration>,
@@ -600,7 +974,7 @@ pub(crate) async fn writer(
         let r = tx.write_batch(&mut batch).await;
         permits.clear();
         if let Err(e) = r {
-            shared.fail(e);
+            shared.lost(generation, e, None);
             return;
         }
         if let Some(d) = done {

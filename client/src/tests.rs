@@ -256,8 +256,27 @@ async fn urls_failover_and_refused_links() {
         ConnectionFactory::new("tcp//x"),
         Err(Error::InvalidUrl { .. })
     ));
-    let f = ConnectionFactory::new("failover:(tcp://a:1,tcp://b:2)").unwrap();
-    assert!(matches!(f.connect().await, Err(Error::Unsupported(_))));
+    assert!(matches!(
+        ConnectionFactory::new("failover:(tcp://a:1)?maxReconnectAttempts=x"),
+        Err(Error::InvalidUrl { .. })
+    ));
+    // Two ports nobody listens on: the initial connect tries both, then gives up, typed.
+    let closed = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!(
+        "failover:(tcp://127.0.0.1:{},tcp://127.0.0.1:{})?maxReconnectAttempts=3&initialReconnectDelay=1&randomize=false",
+        closed(),
+        closed()
+    );
+    match ConnectionFactory::new(&url).unwrap().connect().await {
+        Err(Error::ReconnectFailed { attempts, last, .. }) => {
+            assert_eq!(attempts, 3);
+            assert!(matches!(*last, Error::Io(_)), "{last:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     let f = ConnectionFactory::in_process(Arc::new(|| Err("broker stopped".to_string())));
     match f.connect().await {
         Err(Error::ConnectionLost { reason, .. }) => assert!(reason.contains("broker stopped")),
@@ -1366,4 +1385,341 @@ fn handles_can_move_between_tasks() {
     send_sync::<crate::Receipt>();
     send_sync::<Error>();
     send::<crate::Events>();
+}
+
+// ------------------------------------------------------------------ failover (fake servers)
+
+/// A connector handing out the links pushed into it, one per attempt; none left: the attempt
+/// fails (a broker that is down).
+#[derive(Clone, Default)]
+struct Links(Arc<Mutex<std::collections::VecDeque<LocalLink>>>);
+
+impl Links {
+    /// A new broker to connect to: its server side.
+    fn add(&self) -> FakeServer {
+        let (client, server) = local_link_pair(256);
+        self.0.lock().unwrap().push_back(client);
+        FakeServer { link: server }
+    }
+}
+
+fn exact_policy() -> crate::ReconnectPolicy {
+    crate::ReconnectPolicy {
+        initial_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(100),
+        jitter: 0.0,
+        randomize: false,
+        ..crate::ReconnectPolicy::default()
+    }
+}
+
+async fn failover_connect(
+    links: &Links,
+    policy: crate::ReconnectPolicy,
+) -> (Connection, FakeServer) {
+    let mut srv = links.add();
+    let l = links.clone();
+    let factory = ConnectionFactory::in_process(Arc::new(move || {
+        l.0.lock()
+            .unwrap()
+            .pop_front()
+            .ok_or_else(|| "broker down".to_string())
+    }))
+    .with_heartbeat(Duration::ZERO)
+    .with_client_id("app")
+    .with_reconnect(policy);
+    let script = async {
+        let c = expect!(srv, Connect);
+        assert_eq!(c.client_id, "app");
+        srv.send(connected(0)).await;
+    };
+    let (conn, ()) = tokio::join!(factory.connect(), script);
+    (conn.expect("connect"), srv)
+}
+
+/// The handshake and the replay on a new link, answered: returns what was replayed.
+async fn accept_replay(
+    srv: &mut FakeServer,
+    sessions: usize,
+    producers: usize,
+    consumers: usize,
+) -> (
+    Vec<wire::SessionOpen>,
+    Vec<wire::ProducerOpen>,
+    Vec<wire::ConsumerOpen>,
+) {
+    let c = expect!(srv, Connect);
+    assert_eq!(c.client_id, "app", "the same client id");
+    srv.send(connected(0)).await;
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..sessions {
+        let o = expect!(srv, SessionOpen);
+        srv.ok(o.request_id).await;
+        out.0.push(o);
+    }
+    for _ in 0..producers {
+        let o = expect!(srv, ProducerOpen);
+        srv.ok(o.request_id).await;
+        out.1.push(o);
+    }
+    for _ in 0..consumers {
+        let o = expect!(srv, ConsumerOpen);
+        srv.ok(o.request_id).await;
+        out.2.push(o);
+    }
+    out
+}
+
+async fn next_event(events: &mut crate::Events) -> ConnectionEvent {
+    tokio::time::timeout(GUARD, events.recv())
+        .await
+        .expect("an event within the guard timeout")
+        .expect("the event stream ended")
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_recreates_everything_and_resends_only_unconfirmed_persistent_sends() {
+    let links = Links::default();
+    let (conn, mut srv1) = failover_connect(&links, exact_policy()).await;
+    let s = session(&conn, &mut srv1, AckMode::Client).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, popen) = producer(&s, &mut srv1, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv1, "q", 10).await;
+    conn.start();
+    let mut events = conn.events();
+
+    // seq 1 confirmed, 2 and 3 unconfirmed, 4 non-persistent, 5 unconfirmed.
+    let r1 = p.send_async(Message::text("1")).await.unwrap();
+    let r2 = p.send_async(Message::text("2")).await.unwrap();
+    let r3 = p.send_async(Message::text("3")).await.unwrap();
+    p.set_delivery_mode(DeliveryMode::NonPersistent);
+    p.send(Message::text("4")).await.unwrap();
+    p.set_delivery_mode(DeliveryMode::Persistent);
+    let r5 = p.send_async(Message::text("5")).await.unwrap();
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        first.push(expect!(srv1, Send));
+    }
+    srv1.send(wire::SendReceipt {
+        producer_id: p.id(),
+        sequence: 1,
+    })
+    .await;
+    r1.await.unwrap();
+    // Two deliveries: one handed to the application (not acked), one only buffered.
+    srv1.deliver(c.id(), 1, "a").await;
+    srv1.deliver(c.id(), 2, "b").await;
+    let a = recv_text(&mut c).await;
+    assert_eq!(text(&a), "a");
+
+    let mut srv2 = links.add();
+    drop(srv1); // the broker dies
+    match next_event(&mut events).await {
+        ConnectionEvent::Disconnected { endpoint, error } => {
+            assert_eq!(endpoint, "in-process");
+            assert!(error.is_connection_error(), "{error:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (so, po, co) = accept_replay(&mut srv2, 1, 1, 1).await;
+    assert_eq!(
+        (so[0].session_id, so[0].ack_mode),
+        (s.id(), wire::AckMode::Client as i32)
+    );
+    assert_eq!(
+        (po[0].producer_id, &po[0].producer_name, &po[0].destination),
+        (p.id(), &popen.producer_name, &popen.destination),
+        "the same producer id, stable name and destination"
+    );
+    assert_eq!((co[0].consumer_id, co[0].prefetch), (c.id(), 10));
+    assert_eq!(co[0].destination, Some(q.to_wire()));
+    // Exactly the unconfirmed persistent sends, in order, byte for byte.
+    for seq in [2u64, 3, 5] {
+        let resent = expect!(srv2, Send);
+        let orig = &first[seq as usize - 1];
+        assert_eq!(
+            (resent.producer_id, resent.sequence, resent.receipt),
+            (p.id(), seq, true)
+        );
+        assert_eq!(resent.message, orig.message);
+        srv2.send(wire::SendReceipt {
+            producer_id: p.id(),
+            sequence: seq,
+        })
+        .await;
+    }
+    tokio::task::yield_now().await;
+    assert!(
+        srv2.nothing_pending().is_none(),
+        "no resend of the non-persistent send"
+    );
+    r2.await.unwrap();
+    r3.await.unwrap();
+    r5.await.unwrap();
+    match next_event(&mut events).await {
+        ConnectionEvent::Reconnected { endpoint, attempts } => {
+            assert_eq!((endpoint.as_str(), attempts), ("in-process", 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.is_connected());
+
+    // The message handed out by the dead link cannot be acknowledged; the buffered one is gone.
+    assert!(matches!(a.ack().await, Err(Error::AckAfterFailover)));
+    assert!(c.receive_no_wait().unwrap().is_none());
+    srv2.send(deliver(c.id(), 1, "a", true, 2)).await;
+    let again = recv_text(&mut c).await;
+    assert_eq!(
+        (text(&again), again.redelivered, again.delivery_count),
+        ("a", true, 2)
+    );
+    let (ack, ()) = tokio::join!(again.ack(), async {
+        let a = expect!(srv2, Ack);
+        assert_eq!((a.consumer_id, a.delivery_id), (c.id(), 1));
+        srv2.ok(a.request_id).await;
+    });
+    ack.unwrap();
+    // Later sends continue the sequence on the new link.
+    let r6 = p.send_async(Message::text("6")).await.unwrap();
+    let sent = expect!(srv2, Send);
+    assert_eq!(sent.sequence, 6);
+    srv2.send(wire::SendReceipt {
+        producer_id: p.id(),
+        sequence: 6,
+    })
+    .await;
+    r6.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sends_wait_while_reconnecting_and_requests_in_flight_resolve_by_kind() {
+    let links = Links::default();
+    let (conn, mut srv1) = failover_connect(&links, exact_policy()).await;
+    let s = session(&conn, &mut srv1, AckMode::Individual).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, _) = producer(&s, &mut srv1, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv1, "q", 10).await;
+    conn.start();
+    srv1.deliver(c.id(), 1, "a").await;
+    let a = recv_text(&mut c).await;
+    // In flight at the loss: an ack, a consumer open, a consumer close.
+    let ack = a.ack();
+    let open = s.consumer(&Destination::queue("other").unwrap()).build();
+    let (ack_r, open_r, ()) = tokio::join!(ack, open, async {
+        expect!(srv1, Ack);
+        expect!(srv1, ConsumerOpen);
+        // No broker for a while: attempts fail on the schedule until one is added.
+        drop(srv1);
+    });
+    assert!(matches!(ack_r, Err(Error::AckAfterFailover)), "{ack_r:?}");
+    assert!(
+        matches!(open_r, Err(Error::ConnectionLost { .. })),
+        "{open_r:?}"
+    );
+    assert!(!conn.is_closed(), "the connection carries on");
+    // A send while down waits instead of failing...
+    let send = tokio::spawn(async move {
+        let r = p.send(Message::text("while down")).await;
+        (p, r)
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!send.is_finished());
+    // ...until a broker is back; the half-opened consumer is not recreated.
+    let mut srv2 = links.add();
+    let (_, _, co) = accept_replay(&mut srv2, 1, 1, 1).await;
+    assert_eq!(co[0].consumer_id, c.id());
+    let sent = expect!(srv2, Send);
+    assert_eq!(sent.sequence, 1);
+    srv2.send(wire::SendReceipt {
+        producer_id: sent.producer_id,
+        sequence: 1,
+    })
+    .await;
+    let (_p, r) = tokio::time::timeout(GUARD, send).await.unwrap().unwrap();
+    r.unwrap();
+    drop(c);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_reconnect_budget_fails_everything_and_closes() {
+    let links = Links::default();
+    let policy = crate::ReconnectPolicy {
+        max_attempts: Some(3),
+        ..exact_policy()
+    };
+    let (conn, mut srv1) = failover_connect(&links, policy).await;
+    let s = session(&conn, &mut srv1, AckMode::Auto).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, _) = producer(&s, &mut srv1, Some(&q)).await;
+    let mut c = consumer(&s, &mut srv1, "q", 10).await;
+    conn.start();
+    let mut events = conn.events();
+    let unconfirmed = p.send_async(Message::text("1")).await.unwrap();
+    expect!(srv1, Send);
+    let started = Instant::now();
+    drop(srv1);
+    assert!(matches!(
+        next_event(&mut events).await,
+        ConnectionEvent::Disconnected { .. }
+    ));
+    let failed =
+        |r: &crate::Result<()>| matches!(r, Err(Error::ReconnectFailed { attempts: 3, .. }));
+    // A send made while reconnecting waits, then fails with the budget.
+    let waiting = tokio::spawn(async move {
+        let r = p.send(Message::text("while down")).await.map(|_| ());
+        (p, r)
+    });
+    let r = unconfirmed.await;
+    assert!(failed(&r), "{r:?}");
+    let (mut p, r) = tokio::time::timeout(GUARD, waiting).await.unwrap().unwrap();
+    assert!(failed(&r), "{r:?}");
+    // Attempts at 0, +10 ms, +20 ms (10 · 2): then the budget is spent.
+    assert_eq!(started.elapsed(), Duration::from_millis(30));
+    match next_event(&mut events).await {
+        ConnectionEvent::Closed(e) => assert!(failed(&Err(e.clone())), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.is_closed());
+    let r = p.send(Message::text("2")).await.map(|_| ());
+    assert!(failed(&r), "{r:?}");
+    let r = c.receive(GUARD).await.map(|_| ());
+    assert!(failed(&r), "{r:?}");
+    assert!(matches!(
+        conn.create_session(AckMode::Auto).await,
+        Err(Error::ReconnectFailed { .. })
+    ));
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_consumer_asks_for_credit_again_on_the_new_link() {
+    let links = Links::default();
+    let (conn, mut srv1) = failover_connect(&links, exact_policy()).await;
+    let s = session(&conn, &mut srv1, AckMode::Auto).await;
+    let mut c = consumer(&s, &mut srv1, "q", 0).await;
+    let cid = c.id();
+    conn.start();
+    let receiving = tokio::spawn(async move {
+        let m = c.receive(GUARD).await.unwrap().expect("a message");
+        m.text_body().unwrap().to_string()
+    });
+    let f = expect!(srv1, Flow);
+    assert_eq!((f.consumer_id, f.credit), (cid, 1));
+    let mut srv2 = links.add();
+    drop(srv1); // the credit asked of the dead broker is gone with it
+    accept_replay(&mut srv2, 1, 0, 1).await;
+    let f = expect!(srv2, Flow);
+    assert_eq!((f.consumer_id, f.credit), (cid, 1));
+    srv2.deliver(cid, 1, "x").await;
+    let a = expect!(srv2, Ack);
+    assert_eq!((a.consumer_id, a.delivery_id), (cid, 1));
+    assert_eq!(
+        tokio::time::timeout(GUARD, receiving)
+            .await
+            .unwrap()
+            .unwrap(),
+        "x"
+    );
 }

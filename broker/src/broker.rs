@@ -90,7 +90,7 @@ pub(crate) struct BrokerInner {
     pub stats: BrokerStats,
     pub store: Box<dyn MessageStore>,
     /// Duplicate detection: the highest sequence stored per producer name.
-    pub dup_seen: Mutex<HashMap<Arc<str>, u64>>,
+    pub dup_seen: Mutex<HashMap<Arc<str>, DupEntry>>,
     /// Distinguishes this broker process in generated names.
     pub instance: String,
     /// Set when the lane lost its lease: connections close with `Fenced`, not `ShuttingDown`.
@@ -102,20 +102,42 @@ pub(crate) struct BrokerInner {
 }
 
 impl BrokerInner {
-    /// Whether `(producer, seq)` was already stored: producers send strictly increasing
-    /// sequences, so the highest stored one per producer is the whole cache.
-    pub(crate) fn is_duplicate(&self, producer: &str, seq: u64) -> bool {
-        self.dup_seen
-            .lock()
-            .get(producer)
-            .is_some_and(|hwm| seq <= *hwm)
+    /// Whether `(producer, seq)` is new, already stored, or being stored right now (a resend that
+    /// overtook its original, e.g. after a reconnect to the same broker).
+    pub(crate) fn dup_status(&self, producer: &str, seq: u64) -> DupStatus {
+        match self.dup_seen.lock().get(producer) {
+            Some(d) if seq <= d.stored => DupStatus::Stored,
+            Some(d) => d
+                .inflight
+                .get(&seq)
+                .map_or(DupStatus::New, |f| DupStatus::InFlight(f.clone())),
+            None => DupStatus::New,
+        }
     }
 
-    /// Records that `(producer, seq)` is durable.
+    /// `(producer, seq)` was submitted to the store: a resend meanwhile waits for its outcome.
+    pub(crate) fn dup_submitted(&self, producer: Arc<str>, seq: u64, durable: SharedDurable) {
+        self.dup_seen
+            .lock()
+            .entry(producer)
+            .or_default()
+            .inflight
+            .insert(seq, durable);
+    }
+
+    /// `(producer, seq)` is durable.
     pub(crate) fn record_stored(&self, producer: Arc<str>, seq: u64) {
         let mut d = self.dup_seen.lock();
-        let hwm = d.entry(producer).or_insert(0);
-        *hwm = (*hwm).max(seq);
+        let e = d.entry(producer).or_default();
+        e.stored = e.stored.max(seq);
+        e.inflight.remove(&seq);
+    }
+
+    /// `(producer, seq)` failed to store: a later resend must store it.
+    pub(crate) fn dup_failed(&self, producer: &str, seq: u64) {
+        if let Some(e) = self.dup_seen.lock().get_mut(producer) {
+            e.inflight.remove(&seq);
+        }
     }
 
     pub(crate) fn active_connections(&self) -> usize {
@@ -203,6 +225,25 @@ impl BrokerInner {
     }
 }
 
+/// A store completion several sends can wait on (a resend mirrors its original's outcome).
+pub(crate) type SharedDurable = futures::future::Shared<crate::store::Durable>;
+
+/// Duplicate detection per producer name: producers send strictly increasing sequences, so the
+/// highest stored one is the whole cache of what is durable; sends still being written are kept
+/// apart so that a resend arriving meanwhile is not stored a second time.
+#[derive(Debug, Default)]
+pub(crate) struct DupEntry {
+    stored: u64,
+    inflight: HashMap<u64, SharedDurable>,
+}
+
+/// See [`BrokerInner::dup_status`].
+pub(crate) enum DupStatus {
+    New,
+    Stored,
+    InFlight(SharedDurable),
+}
+
 /// Puts the journal's live state back: messages on their queues (flagged redelivered, counts
 /// raised: they may have been delivered before the crash), the duplicate-detection cache, and the
 /// message id sequence above every id used before.
@@ -215,7 +256,11 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
         let mut dup = inner.dup_seen.lock();
         for (producer, seqs) in &recovered.dup_ids {
             if let Some(max) = seqs.iter().max() {
-                dup.insert(Arc::from(producer.as_str()), *max);
+                let e = DupEntry {
+                    stored: *max,
+                    inflight: HashMap::new(),
+                };
+                dup.insert(Arc::from(producer.as_str()), e);
             }
         }
     }

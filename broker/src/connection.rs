@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tandem_protocol::model::Destination;
 use tandem_protocol::selector::Selector;
 use tandem_protocol::wire::{self, AckKind, AckMode};
@@ -20,7 +20,7 @@ use tandem_protocol::{CodecError, ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use crate::broker::BrokerInner;
+use crate::broker::{BrokerInner, DupStatus};
 use crate::journal::Record;
 use crate::message::{BrokerMessage, Refusal, now_ms};
 use crate::queue::Queue;
@@ -63,6 +63,8 @@ enum Accepted {
     Done,
     /// Route and confirm once `Durable` resolves, after everything submitted before it.
     Pending(Durable, Routed),
+    /// A resend whose original is still being written: confirm (or fail) as the original is.
+    Mirror(Durable),
 }
 
 /// Work the confirmer finishes, in submission order, once the store made it durable.
@@ -70,6 +72,13 @@ enum Confirm {
     Send {
         durable: Durable,
         routed: Routed,
+        producer_id: u64,
+        sequence: u64,
+        receipt: bool,
+    },
+    /// A resend answered with its original's outcome; nothing is routed.
+    Mirror {
+        durable: Durable,
         producer_id: u64,
         sequence: u64,
         receipt: bool,
@@ -106,7 +115,35 @@ async fn confirmer(
                     }
                 }
                 Err(e) => {
+                    if let Some((producer, seq)) = &routed.dup {
+                        inner.dup_failed(producer, *seq);
+                    }
                     inner.stats.sends_refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = out.send(Frame::SendFailure(wire::SendFailure {
+                        producer_id,
+                        sequence,
+                        code: ErrorCode::StorageFailure.code(),
+                        message: e.0,
+                    }));
+                }
+            },
+            Confirm::Mirror {
+                durable,
+                producer_id,
+                sequence,
+                receipt,
+            } => match durable.await {
+                Ok(()) => {
+                    inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    if receipt {
+                        let r = wire::SendReceipt {
+                            producer_id,
+                            sequence,
+                        };
+                        let _ = out.send(Frame::SendReceipt(r));
+                    }
+                }
+                Err(e) => {
                     let _ = out.send(Frame::SendFailure(wire::SendFailure {
                         producer_id,
                         sequence,
@@ -573,6 +610,19 @@ impl Connection {
                 }
                 Refusal::new(ErrorCode::Internal, "the connection's confirmer stopped")
             }
+            Ok(Accepted::Mirror(durable)) => {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                let c = Confirm::Mirror {
+                    durable,
+                    producer_id,
+                    sequence,
+                    receipt,
+                };
+                if self.confirm.send(c).is_ok() {
+                    return;
+                }
+                Refusal::new(ErrorCode::Internal, "the connection's confirmer stopped")
+            }
             Err(r) => r,
         };
         self.inner
@@ -632,10 +682,17 @@ impl Connection {
             Vec::new()
         };
         let journaled = !durable_refs.is_empty();
-        if journaled && self.inner.is_duplicate(&producer_name, s.sequence) {
-            // A resend of a message already stored (invariant 3): confirm it, store nothing.
-            self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Accepted::Done);
+        if journaled {
+            match self.inner.dup_status(&producer_name, s.sequence) {
+                DupStatus::New => {}
+                DupStatus::Stored => {
+                    // A resend of a message already stored (invariant 3): confirm, store nothing.
+                    self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Accepted::Done);
+                }
+                // Its original is being written: answer as the original is answered.
+                DupStatus::InFlight(original) => return Ok(Accepted::Mirror(Box::pin(original))),
+            }
         }
         self.flow_control(&msg, &targets).await?;
         let routed = Routed {
@@ -686,7 +743,10 @@ impl Connection {
             .submit(records)
             .await
             .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.0))?;
-        Ok(Accepted::Pending(durable, routed))
+        let shared = durable.shared();
+        self.inner
+            .dup_submitted(producer_name, s.sequence, shared.clone());
+        Ok(Accepted::Pending(Box::pin(shared), routed))
     }
 
     /// Waits for room on every target, up to the producer block timeout.

@@ -303,3 +303,47 @@ async fn delivery_delay_is_honoured_and_survives_a_restart() {
     assert_eq!((snap.scheduled, snap.ready), (1, 0), "{snap:?}");
     b.shutdown().await;
 }
+
+/// A resend that arrives while its original is still being written (a reconnect to the same
+/// broker within the sync window) is answered with the original's outcome, not stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_racing_its_original_is_not_stored_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("race");
+    let mut options = JournalOptions::new(1);
+    // A slow disk keeps the original in flight while the resend arrives.
+    options.sync_delay = Duration::from_millis(300);
+    let b = Broker::start_with_journal(config(dir.path()), options)
+        .await
+        .unwrap();
+    let mut first = Raw::local(&b).await;
+    first.session(1, AckMode::Auto).await;
+    producer_named(&mut first, 1, "racer", &q).await;
+    let mut second = Raw::local(&b).await;
+    second.session(1, AckMode::Auto).await;
+    producer_named(&mut second, 1, "racer", &q).await;
+    // The original goes out without waiting; the resend follows on another connection.
+    first
+        .send(
+            wire::Send {
+                producer_id: 1,
+                sequence: 1,
+                receipt: true,
+                message: text(&q, 1, true),
+            }
+            .into(),
+        )
+        .await;
+    tokio::task::yield_now().await;
+    second.send_msg(1, 1, text(&q, 1, true)).await.unwrap();
+    // Both are confirmed; the message is there once.
+    let r = first.recv().await;
+    assert!(
+        matches!(r, Some(tandem_protocol::Frame::SendReceipt(_))),
+        "{r:?}"
+    );
+    let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
+    assert_eq!(ns, vec![1], "stored exactly once");
+    assert_eq!(b.stats().duplicates.load(Ordering::Relaxed), 1);
+    b.shutdown().await;
+}

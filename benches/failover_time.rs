@@ -1,0 +1,156 @@
+//! Failover time, end to end: from `kill -9` of the active lane to the first message delivered by
+//! the new active lane to a consumer that reconnects through a failover URL. 20 runs (override with
+//! `FAILOVER_RUNS`), with an empty journal and with a backlog (`FAILOVER_BACKLOG`, default 1M x 1 KiB
+//! persistent messages: the new active recovers them before it serves).
+//!
+//! ```text
+//! cargo bench --bench failover_time
+//! FAILOVER_RUNS=5 FAILOVER_BACKLOG=100000 cargo bench --bench failover_time
+//! ```
+//!
+//! Uses the release `tandem` binary Cargo builds for benches; lanes bind 127.0.0.1 only.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tandem_client::{AckMode, ConnectionFactory, Destination, DeliveryMode, Message};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Lane {
+    child: Child,
+    http: String,
+}
+
+fn lane(name: &str, shared: &Path, port: u16) -> Lane {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["run", "--lane", name, "--shared-dir"])
+        .arg(shared)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--http", "127.0.0.1:0", "--stomp", "off"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap().to_string();
+    Lane { child, http }
+}
+
+fn healthy(http: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(http) else { return false };
+    let _ = write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    r.starts_with("HTTP/1.1 200")
+}
+
+fn wait_healthy(http: &str) {
+    let t0 = Instant::now();
+    while !healthy(http) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "{http} never became healthy");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+async fn fill(url: &str, q: &Destination, n: usize) {
+    let c = ConnectionFactory::new(url).unwrap().connect().await.unwrap();
+    let s = c.create_session(AckMode::Auto).await.unwrap();
+    let mut p = s.create_producer(Some(q)).await.unwrap();
+    let body = "x".repeat(1024);
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        inflight.push(p.send_async(Message::text(body.clone())).await.unwrap());
+        if inflight.len() >= 512 {
+            inflight.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        r.unwrap();
+    }
+    c.close().await.unwrap();
+}
+
+/// One failover: returns kill -> first delivery by the new active.
+async fn once(backlog: usize) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let a = lane("a", dir.path(), ports[0]);
+    wait_healthy(&a.http);
+    let b = lane("b", dir.path(), ports[1]);
+    let q = Destination::queue("failover.bench").unwrap();
+    let direct = format!("tcp://127.0.0.1:{}", ports[0]);
+    if backlog > 0 {
+        fill(&direct, &q, backlog).await;
+    }
+    // A probe queue the consumer watches: one message sent before the kill, so the new active has
+    // something to deliver at once.
+    let probe = Destination::queue("failover.probe").unwrap();
+    let c = ConnectionFactory::new(&direct).unwrap().connect().await.unwrap();
+    let s = c.create_session(AckMode::Auto).await.unwrap();
+    let mut p = s.create_producer(Some(&probe)).await.unwrap();
+    p.set_delivery_mode(DeliveryMode::Persistent);
+    p.send(Message::text("probe")).await.unwrap();
+    c.close().await.unwrap();
+    let url = format!(
+        "failover:(tcp://127.0.0.1:{},tcp://127.0.0.1:{})?initialReconnectDelay=5&maxReconnectDelay=20&maxReconnectTime=120000&randomize=false",
+        ports[0], ports[1]
+    );
+    let mut a = a;
+    let t0 = Instant::now();
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let c = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
+    let s = c.create_session(AckMode::Auto).await.unwrap();
+    let mut consumer = s.create_consumer(&probe, None).await.unwrap();
+    c.start();
+    let m = consumer.receive(Duration::from_secs(120)).await.unwrap().expect("the probe");
+    let took = t0.elapsed();
+    assert_eq!(m.text_body(), Some("probe"));
+    c.close().await.unwrap();
+    let mut b = b;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    took
+}
+
+fn report(label: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "failover {label}: runs {} median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        v.len(),
+        ms(v[v.len() / 2]),
+        ms(v[0]),
+        ms(v[v.len() - 1])
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let runs: usize = std::env::var("FAILOVER_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let backlog: usize =
+        std::env::var("FAILOVER_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut empty = Vec::new();
+        for _ in 0..runs {
+            empty.push(once(0).await);
+        }
+        report("empty journal", empty);
+        if backlog > 0 {
+            let mut full = Vec::new();
+            for _ in 0..runs.min(5) {
+                full.push(once(backlog).await);
+            }
+            report(&format!("{backlog} x 1 KiB backlog"), full);
+        }
+    });
+}

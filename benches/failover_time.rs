@@ -16,10 +16,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tandem_client::{AckMode, ConnectionFactory, Destination, DeliveryMode, Message};
+use tandem_client::{AckMode, ConnectionFactory, DeliveryMode, Destination, Message};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Lane {
@@ -31,22 +35,40 @@ fn lane(name: &str, shared: &Path, port: u16) -> Lane {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["run", "--lane", name, "--shared-dir"])
         .arg(shared)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--http", "127.0.0.1:0", "--stomp", "off"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "127.0.0.1:0",
+            "--stomp",
+            "off",
+        ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap().to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap()
+        .to_string();
     Lane { child, http }
 }
 
 fn healthy(http: &str) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(http) else { return false };
-    let _ = write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let Ok(mut s) = std::net::TcpStream::connect(http) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut r = String::new();
     let _ = s.read_to_string(&mut r);
     r.starts_with("HTTP/1.1 200")
@@ -55,13 +77,20 @@ fn healthy(http: &str) -> bool {
 fn wait_healthy(http: &str) {
     let t0 = Instant::now();
     while !healthy(http) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "{http} never became healthy");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{http} never became healthy"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 async fn fill(url: &str, q: &Destination, n: usize) {
-    let c = ConnectionFactory::new(url).unwrap().connect().await.unwrap();
+    let c = ConnectionFactory::new(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let s = c.create_session(AckMode::Auto).await.unwrap();
     let mut p = s.create_producer(Some(q)).await.unwrap();
     let body = "x".repeat(1024);
@@ -93,7 +122,11 @@ async fn once(backlog: usize) -> Duration {
     // A probe queue the consumer watches: one message sent before the kill, so the new active has
     // something to deliver at once.
     let probe = Destination::queue("failover.probe").unwrap();
-    let c = ConnectionFactory::new(&direct).unwrap().connect().await.unwrap();
+    let c = ConnectionFactory::new(&direct)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let s = c.create_session(AckMode::Auto).await.unwrap();
     let mut p = s.create_producer(Some(&probe)).await.unwrap();
     p.set_delivery_mode(DeliveryMode::Persistent);
@@ -107,11 +140,19 @@ async fn once(backlog: usize) -> Duration {
     let t0 = Instant::now();
     a.child.kill().unwrap();
     let _ = a.child.wait();
-    let c = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
+    let c = ConnectionFactory::new(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let s = c.create_session(AckMode::Auto).await.unwrap();
     let mut consumer = s.create_consumer(&probe, None).await.unwrap();
     c.start();
-    let m = consumer.receive(Duration::from_secs(120)).await.unwrap().expect("the probe");
+    let m = consumer
+        .receive(Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("the probe");
     let took = t0.elapsed();
     assert_eq!(m.text_body(), Some("probe"));
     c.close().await.unwrap();
@@ -135,10 +176,19 @@ fn report(label: &str, mut v: Vec<Duration>) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let runs: usize = std::env::var("FAILOVER_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let backlog: usize =
-        std::env::var("FAILOVER_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runs: usize = std::env::var("FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let backlog: usize = std::env::var("FAILOVER_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut empty = Vec::new();
         for _ in 0..runs {

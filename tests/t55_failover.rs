@@ -286,9 +286,15 @@ async fn continuous_load_on_a_failover_url_survives_ten_kills() {
             c.close().await.unwrap();
         }));
     }
+    // 10 kills in the default run; `FAILOVER_KILLS=200 cargo test --test t55_failover continuous`
+    // for the long run (docs/FAILOVER.md).
+    let kills: usize = std::env::var("FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let mut x = 0xc0ff_ee00u64;
     let mut active = 0usize;
-    for _ in 0..10 {
+    for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(300 + next(&mut x) % 500)).await;
         lanes.procs[active].take().unwrap().kill9();
         let other = 1 - active;

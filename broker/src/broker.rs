@@ -90,7 +90,7 @@ pub(crate) struct BrokerInner {
     pub stats: BrokerStats,
     pub store: Box<dyn MessageStore>,
     /// Duplicate detection: the highest sequence stored per producer name.
-    pub dup_seen: Mutex<HashMap<Arc<str>, DupEntry>>,
+    pub dup_seen: Mutex<DupCache>,
     /// Distinguishes this broker process in generated names.
     pub instance: String,
     /// Set when the lane lost its lease: connections close with `Fenced`, not `ShuttingDown`.
@@ -105,7 +105,7 @@ impl BrokerInner {
     /// Whether `(producer, seq)` is new, already stored, or being stored right now (a resend that
     /// overtook its original, e.g. after a reconnect to the same broker).
     pub(crate) fn dup_status(&self, producer: &str, seq: u64) -> DupStatus {
-        match self.dup_seen.lock().get(producer) {
+        match self.dup_seen.lock().map.get(producer) {
             Some(d) if seq <= d.stored => DupStatus::Stored,
             Some(d) => d
                 .inflight
@@ -119,8 +119,7 @@ impl BrokerInner {
     pub(crate) fn dup_submitted(&self, producer: Arc<str>, seq: u64, durable: SharedDurable) {
         self.dup_seen
             .lock()
-            .entry(producer)
-            .or_default()
+            .touch(producer)
             .inflight
             .insert(seq, durable);
     }
@@ -128,14 +127,14 @@ impl BrokerInner {
     /// `(producer, seq)` is durable.
     pub(crate) fn record_stored(&self, producer: Arc<str>, seq: u64) {
         let mut d = self.dup_seen.lock();
-        let e = d.entry(producer).or_default();
+        let e = d.touch(producer);
         e.stored = e.stored.max(seq);
         e.inflight.remove(&seq);
     }
 
     /// `(producer, seq)` failed to store: a later resend must store it.
     pub(crate) fn dup_failed(&self, producer: &str, seq: u64) {
-        if let Some(e) = self.dup_seen.lock().get_mut(producer) {
+        if let Some(e) = self.dup_seen.lock().map.get_mut(producer) {
             e.inflight.remove(&seq);
         }
     }
@@ -235,6 +234,54 @@ pub(crate) type SharedDurable = futures::future::Shared<crate::store::Durable>;
 pub(crate) struct DupEntry {
     stored: u64,
     inflight: HashMap<u64, SharedDurable>,
+    stamp: u64,
+}
+
+/// The per-producer entries, bounded to [`crate::config::DUP_PRODUCERS`]: the least recently
+/// used producer is forgotten first (never one with a send still being written).
+#[derive(Debug, Default)]
+pub(crate) struct DupCache {
+    map: HashMap<Arc<str>, DupEntry>,
+    order: std::collections::VecDeque<(u64, Arc<str>)>,
+    stamp: u64,
+}
+
+impl DupCache {
+    fn touch(&mut self, producer: Arc<str>) -> &mut DupEntry {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        if self.map.len() >= crate::config::DUP_PRODUCERS && !self.map.contains_key(&producer) {
+            self.forget_one();
+        }
+        self.order.push_back((stamp, producer.clone()));
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            // Drop stale entries (producers written again since).
+            let map = &self.map;
+            self.order
+                .retain(|(s, n)| map.get(n).is_none_or(|e| e.stamp == *s) || *s == stamp);
+        }
+        let e = self.map.entry(producer).or_default();
+        e.stamp = stamp;
+        e
+    }
+
+    /// Forgets the least recently used producer that has nothing in flight.
+    fn forget_one(&mut self) {
+        for _ in 0..self.order.len() {
+            let Some((stamp, name)) = self.order.pop_front() else {
+                return;
+            };
+            match self.map.get(&name) {
+                Some(e) if e.stamp == stamp && e.inflight.is_empty() => {
+                    self.map.remove(&name);
+                    return;
+                }
+                // Busy: keep it (at the back) and look further.
+                Some(e) if e.stamp == stamp => self.order.push_back((stamp, name)),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// See [`BrokerInner::dup_status`].
@@ -256,11 +303,7 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
         let mut dup = inner.dup_seen.lock();
         for (producer, seqs) in &recovered.dup_ids {
             if let Some(max) = seqs.iter().max() {
-                let e = DupEntry {
-                    stored: *max,
-                    inflight: HashMap::new(),
-                };
-                dup.insert(Arc::from(producer.as_str()), e);
+                dup.touch(Arc::from(producer.as_str())).stored = *max;
             }
         }
     }
@@ -328,10 +371,7 @@ impl Broker {
         if !config.persistence {
             return Broker::start_with_store(config, Box::new(MemoryStore)).await;
         }
-        let mut options = JournalOptions::new(config.journal_epoch);
-        options.segment_size = config.journal_segment_size;
-        options.sync_delay = Duration::from_millis(config.journal_sync_delay_ms);
-        options.skip_corrupt = config.journal_skip_corrupt;
+        let options = config.journal_options();
         Broker::start_with_journal(config, options).await
     }
 
@@ -388,7 +428,7 @@ impl Broker {
             started: Instant::now(),
             stats: BrokerStats::default(),
             store,
-            dup_seen: Mutex::new(HashMap::new()),
+            dup_seen: Mutex::new(DupCache::default()),
             fenced: std::sync::atomic::AtomicBool::new(false),
             mover: mover_tx,
             scheduler: scheduler_tx,
@@ -594,4 +634,36 @@ fn tokio_stream_like(
     Box::pin(futures::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(Ok))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn the_dup_cache_is_bounded_and_keeps_producers_with_sends_in_flight() {
+        let mut c = DupCache::default();
+        let busy: Arc<str> = Arc::from("busy");
+        let ready: crate::store::Durable = Box::pin(std::future::ready(Ok(())));
+        c.touch(busy.clone()).inflight.insert(1, ready.shared());
+        for i in 0..crate::config::DUP_PRODUCERS + 10 {
+            c.touch(Arc::from(format!("p{i}").as_str())).stored = 1;
+        }
+        assert_eq!(c.map.len(), crate::config::DUP_PRODUCERS);
+        assert!(
+            c.map.contains_key(&busy),
+            "a producer with a send in flight is never forgotten"
+        );
+        assert!(
+            !c.map.contains_key("p0"),
+            "the least recently used idle producer is forgotten"
+        );
+        assert!(
+            c.map
+                .contains_key(format!("p{}", crate::config::DUP_PRODUCERS + 9).as_str())
+        );
+        assert!(c.order.len() <= 2 * c.map.len() + 1024 + 1);
+    }
 }

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Producers whose last stored sequence duplicate detection remembers (least recently used
+/// forgotten first): a resend from a producer idle for longer than this many others sent is not
+/// recognised.
+pub const DUP_PRODUCERS: usize = 65_536;
+
 /// Everything the broker needs to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +120,19 @@ impl BrokerConfig {
             persistence: false,
             ..BrokerConfig::default()
         }
+    }
+
+    /// The journal options these settings describe (the write gate is the caller's).
+    pub fn journal_options(&self) -> crate::journal::JournalOptions {
+        let mut o = crate::journal::JournalOptions::new(self.journal_epoch);
+        o.segment_size = self.journal_segment_size;
+        o.sync_delay = Duration::from_millis(self.journal_sync_delay_ms);
+        o.skip_corrupt = self.journal_skip_corrupt;
+        // Producers send strictly increasing sequences: the last one stored is all the broker
+        // needs, and fewer live DupId records pin fewer segments.
+        o.dup_ids_per_producer = 1;
+        o.dup_producers = DUP_PRODUCERS;
+        o
     }
 
     /// Checks every bound; returns all problems at once.

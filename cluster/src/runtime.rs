@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use tandem_broker::http::HttpSource;
-use tandem_broker::journal::{JournalOptions, WriteGate};
+use tandem_broker::journal::WriteGate;
 use tandem_broker::{Broker, BrokerConfig, BrokerError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -177,10 +177,7 @@ pub async fn run_lane(
                 config.persistence = true;
                 config.data_dir = opts.shared_dir.clone();
                 config.journal_epoch = epoch.0;
-                let mut journal = JournalOptions::new(epoch.0);
-                journal.segment_size = config.journal_segment_size;
-                journal.sync_delay = std::time::Duration::from_millis(config.journal_sync_delay_ms);
-                journal.skip_corrupt = config.journal_skip_corrupt;
+                let mut journal = config.journal_options();
                 journal.write_gate = Some(Arc::new(LeaseGate(driver.write_guard())));
                 match Broker::start_with_journal(config, journal).await {
                     Ok(b) => {

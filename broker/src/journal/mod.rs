@@ -224,6 +224,9 @@ pub struct JournalOptions {
     pub skip_corrupt: bool,
     /// Duplicate-detection entries kept per producer (default 1024).
     pub dup_ids_per_producer: usize,
+    /// Producers the duplicate-detection cache remembers (default 65,536; least recently written
+    /// forgotten first).
+    pub dup_producers: usize,
     /// Copy the live records of mostly-dead segments forward so that those segments can be
     /// deleted (default true). See "Compaction" in the module docs.
     pub compaction: bool,
@@ -253,6 +256,7 @@ impl JournalOptions {
             sync_delay: Duration::ZERO,
             skip_corrupt: false,
             dup_ids_per_producer: 1024,
+            dup_producers: 65_536,
             compaction: true,
             compaction_ratio: 4,
             faults: None,
@@ -284,6 +288,7 @@ impl fmt::Debug for JournalOptions {
             .field("sync_delay", &self.sync_delay)
             .field("skip_corrupt", &self.skip_corrupt)
             .field("dup_ids_per_producer", &self.dup_ids_per_producer)
+            .field("dup_producers", &self.dup_producers)
             .field("compaction", &self.compaction)
             .field("compaction_ratio", &self.compaction_ratio)
             .field("faults", &self.faults.is_some())

@@ -101,7 +101,8 @@ fn apply_segments(
     opts: &JournalOptions,
     started: Instant,
 ) -> Result<Scan, JournalError> {
-    let mut state = State::new(opts.dup_ids_per_producer, true);
+    let mut state =
+        State::new(opts.dup_ids_per_producer, true).with_dup_producers(opts.dup_producers);
     let mut rec = Recovered::default();
     let mut seg_sizes: HashMap<SegId, usize> = HashMap::new();
     let mut segments = Vec::with_capacity(count);

@@ -202,6 +202,16 @@ pub(crate) struct State {
     subs: HashMap<String, (SubscriptionRecord, SegId), FastBuild>,
     dups: HashMap<String, VecDeque<(u64, SegId)>, FastBuild>,
     dup_limit: usize,
+    /// Producers remembered at most; the least recently written one is forgotten first, so the
+    /// cache (and the segments its live `DupId`s pin) stays bounded however many producers come
+    /// and go (a client that opens a producer per send, say).
+    dup_producers: usize,
+    dup_stamp: u64,
+    /// Last write stamp per producer, and the producer's name shared with `dup_order`.
+    dup_last: HashMap<String, (u64, Arc<str>), FastBuild>,
+    /// (stamp, producer) in write order; entries whose stamp is no longer the producer's last are
+    /// stale and skipped (lazy LRU).
+    dup_order: VecDeque<(u64, Arc<str>)>,
     txs: FastMap<u64, PendingTx>,
     epoch: u64,
     epoch_seg: Option<SegId>,
@@ -224,6 +234,10 @@ impl State {
             subs: HashMap::default(),
             dups: HashMap::default(),
             dup_limit: dup_limit.max(1),
+            dup_producers: 65_536,
+            dup_stamp: 0,
+            dup_last: HashMap::default(),
+            dup_order: VecDeque::new(),
             txs: FastMap::default(),
             epoch: 0,
             epoch_seg: None,
@@ -600,6 +614,49 @@ impl State {
         self.inc_special(seg);
         if let Some((_, old)) = evicted {
             self.dec_special(old);
+        }
+        self.dup_stamp += 1;
+        let stamp = self.dup_stamp;
+        let name = match self.dup_last.get_mut(producer) {
+            Some(e) => {
+                e.0 = stamp;
+                e.1.clone()
+            }
+            None => {
+                let name: Arc<str> = Arc::from(producer);
+                self.dup_last
+                    .insert(producer.to_owned(), (stamp, name.clone()));
+                name
+            }
+        };
+        self.dup_order.push_back((stamp, name));
+        while self.dups.len() > self.dup_producers {
+            self.forget_oldest_producer();
+        }
+        if self.dup_order.len() > 2 * self.dup_last.len() + 1024 {
+            let mut fresh: Vec<(u64, Arc<str>)> = self.dup_last.values().cloned().collect();
+            fresh.sort_unstable_by_key(|e| e.0);
+            self.dup_order = fresh.into();
+        }
+    }
+
+    /// Sets how many producers the duplicate-detection cache remembers.
+    pub(crate) fn with_dup_producers(mut self, n: usize) -> Self {
+        self.dup_producers = n.max(1);
+        self
+    }
+
+    fn forget_oldest_producer(&mut self) {
+        while let Some((stamp, name)) = self.dup_order.pop_front() {
+            if self.dup_last.get(&*name).is_some_and(|e| e.0 == stamp) {
+                self.dup_last.remove(&*name);
+                if let Some(q) = self.dups.remove(&*name) {
+                    for (_, seg) in q {
+                        self.dec_special(seg);
+                    }
+                }
+                return;
+            }
         }
     }
 
@@ -1076,5 +1133,29 @@ mod tests {
         );
         assert_eq!(st.live_count(1), Some(0));
         assert_eq!(st.next_reclaimable(3), Some(1));
+    }
+
+    /// Producers come and go (one per send, in some clients): the cache remembers the most
+    /// recently written ones only, and a forgotten producer's `DupId`s stop pinning segments.
+    #[test]
+    fn dup_cache_forgets_the_least_recently_written_producers() {
+        let mut st = State::new(1, false).with_dup_producers(3);
+        st.add_segment(1);
+        for (i, p) in ["a", "b", "c", "a", "d", "e"].iter().enumerate() {
+            st.apply(
+                1,
+                &RecordView::DupId {
+                    producer: p,
+                    seq: i as u64 + 1,
+                },
+                None,
+            );
+        }
+        // "b" and "c" were the least recently written when "d" and "e" arrived.
+        let mut left: Vec<&String> = st.dups.keys().collect();
+        left.sort();
+        assert_eq!(left, vec!["a", "d", "e"]);
+        assert_eq!(st.dup_last.len(), 3);
+        assert!(st.dup_order.len() <= 2 * 3 + 1024);
     }
 }

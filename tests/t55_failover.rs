@@ -134,6 +134,34 @@ async fn a_paused_active_is_fenced_when_it_wakes_and_writes_nothing_more() {
         "confirmed before the wake: {confirmed_before_wake}, after: {}",
         ledger.confirmed.lock().unwrap().len()
     );
+    // The journal files themselves: stop both lanes, read a copy of the journal back. A batch of
+    // the old epoch written after the new epoch's marker would be counted as stale (invariant 6).
+    let Lanes {
+        shared, mut procs, ..
+    } = lanes;
+    for p in procs.iter_mut() {
+        if let Some(p) = p.take() {
+            p.terminate();
+        }
+    }
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shared.path().join("journal")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let (_j, recovered) = tandem_broker::journal::Journal::open(
+        copy.path(),
+        tandem_broker::journal::JournalOptions::new(1000),
+    )
+    .unwrap();
+    assert_eq!(
+        recovered.report.stale_batches_ignored, 0,
+        "the old epoch wrote after the new marker"
+    );
+    assert!(
+        recovered.max_epoch >= 2,
+        "the new active's epoch is in the journal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -489,3 +489,54 @@ fn a_closed_write_gate_fences_the_journal_for_good() {
         "nothing after the gate closed reached the disk"
     );
 }
+
+/// A batch whose sync ends after the lease was lost is not confirmed (its bytes may or may not
+/// be in the new active's journal: the appender must resend, and duplicate detection decides).
+#[test]
+fn a_batch_whose_sync_outlives_the_lease_is_not_confirmed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tandem_broker::journal::WriteGate;
+
+    struct Gate(AtomicBool);
+    impl WriteGate for Gate {
+        fn may_write(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+    /// Loses the lease exactly while a sync runs (after the pre-write check passed).
+    struct LoseLeaseDuringSync(Arc<Gate>, AtomicBool);
+    impl IoFaults for LoseLeaseDuringSync {
+        fn on_sync(&self, _: &Path) -> Option<io::Error> {
+            if self.1.load(Ordering::SeqCst) {
+                self.0.0.store(false, Ordering::SeqCst);
+            }
+            None
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate(AtomicBool::new(true)));
+    let faults = Arc::new(LoseLeaseDuringSync(gate.clone(), AtomicBool::new(false)));
+    let mut opts = JournalOptions::new(1);
+    opts.write_gate = Some(gate.clone());
+    opts.faults = Some(faults.clone());
+    let (j, _) = Journal::open(dir.path(), opts).unwrap();
+    let add = |id: u64| {
+        vec![
+            Record::AddMessage {
+                msg_id: id,
+                encoded: Bytes::from_static(b"m"),
+            },
+            Record::AddRef {
+                msg_id: id,
+                queue: "q".into(),
+            },
+        ]
+    };
+    j.append(add(1)).unwrap().wait().unwrap();
+    faults.1.store(true, Ordering::SeqCst);
+    let r = j.append(add(2)).unwrap().wait();
+    assert!(
+        r.as_ref().is_err_and(|e| e.is_fenced()),
+        "confirmed after the lease was lost: {r:?}"
+    );
+}

@@ -448,6 +448,25 @@ impl Writer {
             // EFS-latency emulation for benchmarks only.
             thread::sleep(self.opts.sync_delay);
         }
+        // Asked again after the sync: a lane paused (or starved) between its write and the end of
+        // its sync may have lost the lease meanwhile, and the new active may already have
+        // recovered and sealed this segment without these bytes (an NFS client flushing late).
+        // Such a batch must not be confirmed: its appenders get Fenced and resend to the new
+        // active, whose duplicate detection drops it if it did become durable.
+        if let Some(gate) = &self.opts.write_gate
+            && !gate.may_write()
+        {
+            let err = JournalError::Fenced {
+                ours: self.shared.epoch,
+                newer: None,
+            };
+            self.shared.stop(err.clone());
+            tracing::warn!(
+                epoch = self.shared.epoch,
+                "lease lost during a sync: batch not confirmed"
+            );
+            return Err(err);
+        }
         let c = &self.shared.counters;
         c.write_nanos
             .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);

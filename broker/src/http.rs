@@ -39,7 +39,7 @@ pub(crate) async fn start(
     let tasks = inner.tasks.clone();
     tasks.spawn(async move {
         loop {
-            let (sock, _) = tokio::select! {
+            let (sock, addr) = tokio::select! {
                 _ = inner.shutdown.cancelled() => return,
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -53,6 +53,14 @@ pub(crate) async fn start(
             let inner = inner.clone();
             let shutdown = inner.shutdown.clone();
             inner.tasks.clone().spawn(async move {
+                // Security hook: TLS per the HTTP listener's mode, on this task.
+                let timeout = std::time::Duration::from_millis(inner.config.handshake_timeout_ms);
+                let listener = crate::tls::Listener::Http;
+                let Some((sock, _)) =
+                    crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
+                else {
+                    return;
+                };
                 let svc = service_fn(move |req| {
                     let inner = inner.clone();
                     async move { Ok::<_, Infallible>(route(&inner, req)) }

@@ -30,9 +30,11 @@ pub mod journal;
 mod listener;
 pub mod message;
 pub mod queue;
+pub mod security;
 pub mod session;
 mod stomp;
 pub mod store;
+pub mod tls;
 pub mod topic;
 
 pub use broker::{Broker, BrokerError, BrokerStats, Health};

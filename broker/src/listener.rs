@@ -53,18 +53,7 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                 let _ = sock.set_nodelay(true);
                 match inner.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (rd, wr) = sock.into_split();
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        inner.tasks.spawn(write_loop(wr, rx));
-                        let inbound =
-                            FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
-                        inner.tasks.spawn(crate::connection::run(
-                            inner.clone(),
-                            inbound,
-                            tx,
-                            peer.to_string(),
-                            permit,
-                        ));
+                        inner.tasks.spawn(serve(inner.clone(), sock, peer, permit));
                     }
                     Err(_) => {
                         inner
@@ -85,6 +74,27 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// One accepted connection: TLS (per the listener's mode, on this task, not the accept loop),
+/// then a writer task and the connection task.
+async fn serve(
+    inner: Arc<BrokerInner>,
+    sock: TcpStream,
+    addr: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let timeout = std::time::Duration::from_millis(inner.config.handshake_timeout_ms);
+    let listener = crate::tls::Listener::Native;
+    let Some((io, peer)) = crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
+    else {
+        return;
+    };
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::unbounded_channel();
+    inner.tasks.spawn(write_loop(wr, rx));
+    let inbound = FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
+    crate::connection::run(inner.clone(), inbound, tx, peer, permit).await;
 }
 
 async fn refuse(mut sock: TcpStream, limit: usize) {

@@ -69,6 +69,7 @@ mod event;
 mod producer;
 mod session;
 mod shared;
+mod tls;
 mod transport;
 mod url;
 
@@ -86,6 +87,7 @@ pub use error::{Error, Result};
 pub use event::{ConnectionEvent, Events};
 pub use producer::{Producer, Receipt};
 pub use session::{AckMode, Session};
+pub use tls::TlsOptions;
 pub use url::{BrokerUrl, Endpoint};
 
 pub use tandem_protocol::ErrorCode;

@@ -585,17 +585,6 @@ pub(crate) async fn authenticate(
 }
 
 impl Authenticated {
-    /// An identity for in-crate tests and tools that bypass the handshake: everything allowed.
-    #[cfg(test)]
-    pub(crate) fn open() -> Authenticated {
-        Authenticated {
-            principal: Principal::Open,
-            enforcing: None,
-            _counts: None,
-            cache: HashMap::new(),
-        }
-    }
-
     /// Whether this connection may do `perm` on `dest`; a denial names user, permission and
     /// destination and is logged.
     pub(crate) fn check(&mut self, perm: Permission, dest: &Destination) -> Result<(), Refusal> {

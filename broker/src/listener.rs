@@ -86,7 +86,8 @@ async fn serve(
 ) {
     let timeout = std::time::Duration::from_millis(inner.config.handshake_timeout_ms);
     let listener = crate::tls::Listener::Native;
-    let Some((io, peer)) = crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
+    let Some((io, peer)) =
+        crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
     else {
         return;
     };

@@ -135,7 +135,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_certs(key: &'static str, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+fn load_certs(
+    key: &'static str,
+    path: &PathBuf,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let bad = |problem: String| ConfigError { key, problem };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(format!("{}: {e}", path.display())))?
@@ -176,7 +179,8 @@ impl Tls {
                         }]
                     })?;
                 }
-                let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                let mut v =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
                 if auth == ClientAuth::Optional {
                     v = v.allow_unauthenticated();
                 }

@@ -152,7 +152,9 @@ impl Setup {
     }
 
     fn client_tls(&self) -> TlsOptions {
-        TlsOptions::new().with_ca_pem(self.ca.pem().as_bytes()).unwrap()
+        TlsOptions::new()
+            .with_ca_pem(self.ca.pem().as_bytes())
+            .unwrap()
     }
 }
 
@@ -227,7 +229,11 @@ async fn plaintext_is_refused_with_a_clear_error_on_every_tls_only_listener() {
     ));
 
     // STOMP: an ERROR frame.
-    let raw = plaintext_exchange(b.stomp_addr().unwrap(), b"CONNECT\naccept-version:1.2\n\n\0").await;
+    let raw = plaintext_exchange(
+        b.stomp_addr().unwrap(),
+        b"CONNECT\naccept-version:1.2\n\n\0",
+    )
+    .await;
     let text = String::from_utf8_lossy(&raw);
     assert!(
         text.starts_with("ERROR\n") && text.contains("TLS required"),
@@ -248,7 +254,10 @@ async fn plaintext_is_refused_with_a_clear_error_on_every_tls_only_listener() {
 
     // The same listener serves a TLS client (no security section: the broker is open).
     let c = tls_factory(&b, s.client_tls()).connect().await.unwrap();
-    let session = c.create_session(tandem_client::AckMode::Auto).await.unwrap();
+    let session = c
+        .create_session(tandem_client::AckMode::Auto)
+        .await
+        .unwrap();
     let q = Destination::queue("anything").unwrap();
     session
         .create_producer(Some(&q))
@@ -300,7 +309,10 @@ async fn untrusted_expired_and_misnamed_server_certificates_are_refused() {
         "{e}"
     );
     // No CA at all: refused before connecting, saying what is missing.
-    let e = tls_factory(&b, TlsOptions::new()).connect().await.unwrap_err();
+    let e = tls_factory(&b, TlsOptions::new())
+        .connect()
+        .await
+        .unwrap_err();
     assert!(matches!(&e, Error::Tls(m) if m.contains("CA")), "{e}");
     // The certificate names localhost and 127.0.0.1, not broker.example.
     let port = b.local_addr().unwrap().port();
@@ -321,7 +333,10 @@ async fn untrusted_expired_and_misnamed_server_certificates_are_refused() {
 
     let b = start(Some(s.tls(true)), None).await;
     let e = tls_factory(&b, s.client_tls()).connect().await.unwrap_err();
-    assert!(matches!(&e, Error::Tls(m) if m.contains("certificate expired")), "{e}");
+    assert!(
+        matches!(&e, Error::Tls(m) if m.contains("certificate expired")),
+        "{e}"
+    );
     b.shutdown().await;
 }
 
@@ -421,8 +436,15 @@ async fn credentials_over_plaintext_are_refused_unless_allowed() {
         .unwrap();
     c.close().await.unwrap();
     // Anonymous, explicitly allowed, with the guest role: public only.
-    let c = ConnectionFactory::new(&url).unwrap().connect().await.unwrap();
-    let session = c.create_session(tandem_client::AckMode::Auto).await.unwrap();
+    let c = ConnectionFactory::new(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let session = c
+        .create_session(tandem_client::AckMode::Auto)
+        .await
+        .unwrap();
     session
         .create_producer(Some(&Destination::queue("public").unwrap()))
         .await
@@ -548,7 +570,10 @@ async fn a_role_cannot_read_a_destination_reserved_for_another() {
         .connect()
         .await
         .unwrap();
-    let bs = bob.create_session(tandem_client::AckMode::Auto).await.unwrap();
+    let bs = bob
+        .create_session(tandem_client::AckMode::Auto)
+        .await
+        .unwrap();
     // billing.# has no create grant: make it exist through a queue... bob may send once it
     // exists; here the orders.# create grant does not apply, so use an orders queue instead.
     let orders = Destination::queue("orders.paid").unwrap();
@@ -597,7 +622,10 @@ async fn client_certificates_authenticate_their_common_name() {
     // billing-svc has no password: its certificate logs it in, with the billing role.
     let svc = s.ca.issue("billing-svc", &[], false);
     let c = tls_factory(&b, with_cert(&svc)).connect().await.unwrap();
-    let session = c.create_session(tandem_client::AckMode::Auto).await.unwrap();
+    let session = c
+        .create_session(tandem_client::AckMode::Auto)
+        .await
+        .unwrap();
     session
         .create_consumer(&Destination::queue("orders.x").unwrap(), None)
         .await
@@ -632,7 +660,10 @@ async fn client_certificates_authenticate_their_common_name() {
         let r = tls_factory(&b, opts).connect().await;
         let e = r.err().expect("refused");
         assert!(
-            matches!(e, Error::Tls(_) | Error::ConnectionLost { .. } | Error::Io(_)),
+            matches!(
+                e,
+                Error::Tls(_) | Error::ConnectionLost { .. } | Error::Io(_)
+            ),
             "{e:?}"
         );
     }
@@ -766,7 +797,12 @@ fn logs() -> &'static Capture {
 }
 
 /// Every password used by the tests in this file.
-const SECRETS: [&str; 4] = ["alice-pw-1", "bob-pw-2", "Wr0ng-Secret-Guess", "St0mp-Wrong-Pass"];
+const SECRETS: [&str; 4] = [
+    "alice-pw-1",
+    "bob-pw-2",
+    "Wr0ng-Secret-Guess",
+    "St0mp-Wrong-Pass",
+];
 
 /// Log lines at every level, while logins succeed and fail over native and STOMP, hold the user
 /// names and outcomes but never a password, right or wrong (nor any other test's).
@@ -783,8 +819,14 @@ async fn passwords_never_reach_the_log() {
         .await
         .unwrap();
     let wrong = SECRETS[2];
-    f().with_credentials("alice", wrong).connect().await.unwrap_err();
-    f().with_credentials("ghost", wrong).connect().await.unwrap_err();
+    f().with_credentials("alice", wrong)
+        .connect()
+        .await
+        .unwrap_err();
+    f().with_credentials("ghost", wrong)
+        .connect()
+        .await
+        .unwrap_err();
     stomp_connect(&b, &s, "bob", "bob-pw-2").await;
     stomp_connect(&b, &s, "bob", SECRETS[3]).await;
     b.shutdown().await;

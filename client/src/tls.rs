@@ -97,9 +97,8 @@ impl TlsOptions {
         cert: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<TlsOptions> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| tls_error(format!("{}: {e}", p.display())))
-        };
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| tls_error(format!("{}: {e}", p.display())));
         let (c, k) = (read(cert.as_ref())?, read(key.as_ref())?);
         self.with_client_cert_pem(&c, &k)
     }

@@ -328,9 +328,7 @@ impl Acl {
     pub fn decide(&self, roles: &[String], perm: Permission, dest: &Destination) -> Decision {
         match self.deciding(dest) {
             None => Decision::NoGrant,
-            Some(g) if g.roles[perm.index()].iter().any(|r| roles.contains(r)) => {
-                Decision::Allowed
-            }
+            Some(g) if g.roles[perm.index()].iter().any(|r| roles.contains(r)) => Decision::Allowed,
             Some(g) => Decision::NotGranted(g.pattern.as_str().to_string()),
         }
     }
@@ -372,7 +370,10 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        assert!(matches!(Pattern::parse(""), Err(PatternError::EmptyWord(_))));
+        assert!(matches!(
+            Pattern::parse(""),
+            Err(PatternError::EmptyWord(_))
+        ));
         assert!(matches!(
             Pattern::parse("a..b"),
             Err(PatternError::EmptyWord(_))
@@ -449,7 +450,11 @@ mod tests {
             Decision::NotGranted("orders.audit".into())
         );
         assert_eq!(
-            acl.decide(&roles(&["auditor"]), Permission::Consume, &q("orders.audit")),
+            acl.decide(
+                &roles(&["auditor"]),
+                Permission::Consume,
+                &q("orders.audit")
+            ),
             Decision::Allowed
         );
     }

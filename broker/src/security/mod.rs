@@ -593,7 +593,11 @@ impl Authenticated {
         };
         let key = (perm, dest.clone());
         if let Some(&ok) = self.cache.get(&key) {
-            return if ok { Ok(()) } else { Err(self.denial(perm, dest)) };
+            return if ok {
+                Ok(())
+            } else {
+                Err(self.denial(perm, dest))
+            };
         }
         let roles: &[String] = match &self.principal {
             Principal::Open => return Ok(()),
@@ -604,7 +608,11 @@ impl Authenticated {
             self.cache.clear();
         }
         self.cache.insert(key, ok);
-        if ok { Ok(()) } else { Err(self.denial(perm, dest)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(self.denial(perm, dest))
+        }
     }
 
     /// [`Authenticated::check`] for `perm`, plus `create` when `dest` does not exist yet and would

@@ -126,7 +126,11 @@ impl FailedLogins {
             .retain(|_, b| b.available(cap, every, now) < cap);
         if self.buckets.len() >= self.max_addresses {
             // Still full of active offenders: drop the one whose refill started longest ago.
-            if let Some(oldest) = self.buckets.iter().min_by_key(|(_, b)| b.since).map(|(a, _)| *a)
+            if let Some(oldest) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, b)| b.since)
+                .map(|(a, _)| *a)
             {
                 self.buckets.remove(&oldest);
             }
@@ -183,6 +187,9 @@ mod tests {
             assert!(f.tracked() <= 4);
         }
         // The latest offender is still limited.
-        assert!(f.attempt(IpAddr::from([10, 0, 0, 99]), t0 + 100 * S).is_err());
+        assert!(
+            f.attempt(IpAddr::from([10, 0, 0, 99]), t0 + 100 * S)
+                .is_err()
+        );
     }
 }

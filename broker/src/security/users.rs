@@ -104,9 +104,7 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 /// Checks a password against a PHC string (the string's own parameters are used). Slow by design:
 /// call it off the async threads.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    hasher()
-        .verify_password(password.as_bytes(), phc)
-        .is_ok()
+    hasher().verify_password(password.as_bytes(), phc).is_ok()
 }
 
 /// Checks that a stored hash is an argon2 PHC string with sane costs.
@@ -182,9 +180,7 @@ impl UsersFile {
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&tmp)
-            .map_err(|e| io("creating users file", e))?;
+        let mut f = opts.open(&tmp).map_err(|e| io("creating users file", e))?;
         f.write_all(header.as_bytes())
             .and_then(|_| f.write_all(text.as_bytes()))
             .and_then(|_| f.sync_all())
@@ -213,8 +209,7 @@ impl UsersFile {
             )));
         }
         let password = password.map(hash_password).transpose()?;
-        self.users
-            .insert(name.into(), User { password, roles });
+        self.users.insert(name.into(), User { password, roles });
         Ok(())
     }
 

@@ -79,22 +79,46 @@ async fn user_cli_round_trip_against_a_running_broker() {
 
     // add (password from stdin, no prompt), a certificate-only user, list.
     let (code, _, err) = cli_with_stdin(
-        &["user", "add", "alice", "--roles", "shop", "--password-stdin", "--file", u],
+        &[
+            "user",
+            "add",
+            "alice",
+            "--roles",
+            "shop",
+            "--password-stdin",
+            "--file",
+            u,
+        ],
         "Alice-S3cret\n",
     );
     assert_eq!(code, Some(0), "{err}");
     let (code, _, err) = cli_with_stdin(
-        &["user", "add", "svc", "--roles", "billing,audit", "--no-password", "--file", u],
+        &[
+            "user",
+            "add",
+            "svc",
+            "--roles",
+            "billing,audit",
+            "--no-password",
+            "--file",
+            u,
+        ],
         "",
     );
     assert_eq!(code, Some(0), "{err}");
     let (code, out, _) = cli_with_stdin(&["user", "list", "--file", u], "");
     assert_eq!(code, Some(0));
     assert!(out.contains("alice\tpassword\troles=shop"), "{out}");
-    assert!(out.contains("svc\tcertificate-only\troles=billing,audit"), "{out}");
+    assert!(
+        out.contains("svc\tcertificate-only\troles=billing,audit"),
+        "{out}"
+    );
     assert!(!out.contains("argon2"), "list shows no hashes: {out}");
     let file = std::fs::read_to_string(&users).unwrap();
-    assert!(file.contains("$argon2id$") && !file.contains("Alice-S3cret"), "{file}");
+    assert!(
+        file.contains("$argon2id$") && !file.contains("Alice-S3cret"),
+        "{file}"
+    );
     // Adding an existing user needs --replace; an empty password is refused.
     let (code, _, err) = cli_with_stdin(
         &["user", "add", "alice", "--password-stdin", "--file", u],
@@ -102,8 +126,10 @@ async fn user_cli_round_trip_against_a_running_broker() {
     );
     assert_ne!(code, Some(0));
     assert!(err.contains("--replace"), "{err}");
-    let (code, _, err) =
-        cli_with_stdin(&["user", "add", "eve", "--password-stdin", "--file", u], "\n");
+    let (code, _, err) = cli_with_stdin(
+        &["user", "add", "eve", "--password-stdin", "--file", u],
+        "\n",
+    );
     assert_ne!(code, Some(0));
     assert!(err.contains("empty password"), "{err}");
 
@@ -144,7 +170,16 @@ create = ["shop"]
 
     // Changes apply to the running broker: a new user logs in, a removed one no longer does.
     let (code, _, err) = cli_with_stdin(
-        &["user", "add", "dave", "--roles", "shop", "--password-stdin", "--file", u],
+        &[
+            "user",
+            "add",
+            "dave",
+            "--roles",
+            "shop",
+            "--password-stdin",
+            "--file",
+            u,
+        ],
         "Dave-S3cret\n",
     );
     assert_eq!(code, Some(0), "{err}");

@@ -67,10 +67,10 @@ async fn restart_keeps_unacked_persistent_messages_flagged_and_never_returns_ack
     p.session(1, AckMode::Auto).await;
     p.producer(1, 1, Some(&q)).await;
     for i in 1..=10 {
-        p.send_msg(1, i, text(&q, i as u64, true)).await.unwrap();
+        p.send_msg(1, i, text(&q, i, true)).await.unwrap();
     }
     for i in 11..=13 {
-        p.send_msg(1, i, text(&q, i as u64, false)).await.unwrap();
+        p.send_msg(1, i, text(&q, i, false)).await.unwrap();
     }
     let mut c = Raw::local(&b).await;
     c.session(1, AckMode::Client).await;

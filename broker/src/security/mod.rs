@@ -200,11 +200,15 @@ impl Principal {
     }
 }
 
+/// What identifies one version of the users file on disk: modification time, size and (Unix)
+/// inode, which `tandem user` changes with every save (it renames a new file into place).
+type FileStamp = (SystemTime, u64, u64);
+
 /// The users file as last read, with what identified that version on disk.
 #[derive(Debug)]
 struct LoadedUsers {
     users: Arc<UsersFile>,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
 }
 
 /// Open connections per user and per address.
@@ -262,9 +266,13 @@ pub(crate) struct Security {
     enforcing: Option<Arc<Enforcing>>,
 }
 
-fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
 }
 
 impl Security {
@@ -593,10 +601,11 @@ impl Authenticated {
         };
         let key = (perm, dest.clone());
         if let Some(&ok) = self.cache.get(&key) {
+            // A repeated denial (an anonymous producer retrying) is answered but not re-logged.
             return if ok {
                 Ok(())
             } else {
-                Err(self.denial(perm, dest))
+                Err(self.denial(perm, dest, false))
             };
         }
         let roles: &[String] = match &self.principal {
@@ -611,7 +620,7 @@ impl Authenticated {
         if ok {
             Ok(())
         } else {
-            Err(self.denial(perm, dest))
+            Err(self.denial(perm, dest, true))
         }
     }
 
@@ -633,7 +642,7 @@ impl Authenticated {
         Ok(())
     }
 
-    fn denial(&self, perm: Permission, dest: &Destination) -> Refusal {
+    fn denial(&self, perm: Permission, dest: &Destination, log: bool) -> Refusal {
         let user = self.principal.display_name();
         let why = match (&self.enforcing, &self.principal) {
             (Some(e), Principal::Anonymous { roles } | Principal::User { roles, .. }) => {
@@ -647,7 +656,9 @@ impl Authenticated {
             }
             _ => String::new(),
         };
-        tracing::info!(target: "tandem::audit", user, %perm, destination = %dest, "not authorized");
+        if log {
+            tracing::info!(target: "tandem::audit", user, %perm, destination = %dest, "not authorized");
+        }
         Refusal::new(
             ErrorCode::NotAuthorized,
             format!("user {user} may not {perm} on {dest}: {why}"),

@@ -894,3 +894,65 @@ async fn in_process_connections_authenticate_too() {
         .unwrap();
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn stomp_subscribe_and_send_are_authorized_too() {
+    let s = Setup::new();
+    let b = start(Some(s.tls(false)), Some(s.security())).await;
+    for (command, dest) in [
+        (Command::Subscribe, "/queue/orders.new"),
+        (Command::Send, "/queue/billing.x"),
+    ] {
+        let mut io = stomp_tls(&b, &s).await;
+        let connect = StompFrame::new(Command::Connect)
+            .with_header("accept-version", "1.2")
+            .with_header("host", "localhost")
+            .with_header("login", "alice")
+            .with_header("passcode", "alice-pw-1");
+        io.send(Item::Frame(connect)).await.unwrap();
+        let f = StompFrame::new(command)
+            .with_header("destination", dest)
+            .with_header("id", "1")
+            .with_header("receipt", "r1");
+        io.send(Item::Frame(f)).await.unwrap();
+        let error = loop {
+            match tokio::time::timeout(GUARD, io.next()).await.unwrap() {
+                Some(Ok(Item::Frame(f))) if f.command == Command::Error => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            error.header("error-name"),
+            Some("not-authorized"),
+            "{error:?}"
+        );
+        assert_eq!(error.header("receipt-id"), Some("r1"), "{error:?}");
+    }
+    b.shutdown().await;
+}
+
+/// The hardened example in docs/SECURITY.md is a valid configuration.
+#[test]
+fn the_documented_hardened_example_parses_and_validates() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/SECURITY.md"))
+            .unwrap();
+    let after = doc.split("## Hardened example").nth(1).expect("section");
+    let block = after
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let config: BrokerConfig = toml::from_str(block).unwrap();
+    config.validate().unwrap();
+    let sec = config.security.expect("[security]");
+    assert_eq!(sec.grants.len(), 3);
+    assert!(!sec.allow_anonymous && !sec.allow_plaintext_credentials);
+    assert_eq!(config.tls.expect("[tls]").http, TlsMode::Optional);
+    // Unknown keys in the new sections are refused like everywhere else.
+    let e =
+        toml::from_str::<BrokerConfig>("[security]\nusers_file = \"u\"\nallow_everyone = true\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("allow_everyone"), "{e}");
+}

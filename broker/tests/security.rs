@@ -252,6 +252,26 @@ async fn plaintext_is_refused_with_a_clear_error_on_every_tls_only_listener() {
         "{text}"
     );
 
+    // The client library, pointed at the TLS port with tcp://, reports the broker's reason.
+    let e = ConnectionFactory::new(&format!("tcp://{}", b.local_addr().unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::NotAuthorized), "{e}");
+    assert!(e.to_string().contains("requires TLS"), "{e}");
+
+    // HTTPS works on the HTTP listener.
+    let mut https = tls_client(&s, b.http_addr().unwrap()).await;
+    https
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(GUARD, https.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
     // The same listener serves a TLS client (no security section: the broker is open).
     let c = tls_factory(&b, s.client_tls()).connect().await.unwrap();
     let session = c
@@ -705,11 +725,8 @@ async fn per_user_and_per_address_connection_limits() {
     b.shutdown().await;
 }
 
-/// A STOMP client over TLS.
-async fn stomp_tls(
-    b: &Broker,
-    s: &Setup,
-) -> tokio_util::codec::Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec> {
+/// A raw TLS connection to `addr` trusting the test CA, for "localhost".
+async fn tls_client(s: &Setup, addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     roots
@@ -722,11 +739,19 @@ async fn stomp_tls(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let sock = TcpStream::connect(b.stomp_addr().unwrap()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let sock = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), sock)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A STOMP client over TLS.
+async fn stomp_tls(
+    b: &Broker,
+    s: &Setup,
+) -> tokio_util::codec::Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec> {
+    let tls = tls_client(s, b.stomp_addr().unwrap()).await;
     tokio_util::codec::Framed::new(tls, StompCodec::default())
 }
 

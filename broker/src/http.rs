@@ -170,6 +170,8 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
         "gauge",
         inner.started.elapsed().as_secs(),
     );
+    // Security hook: login and authorization counters.
+    inner.security.write_metrics(&mut s);
 
     let queues: Vec<_> = inner
         .queues

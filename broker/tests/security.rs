@@ -424,6 +424,14 @@ async fn passwords_are_checked_and_failures_rate_limited() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("too many failed logins"), "{e}");
+    let m = b.metrics();
+    for line in [
+        "tandem_logins_accepted_total 1\n",
+        "tandem_logins_refused_total 4\n",
+        "tandem_logins_rate_limited_total 1\n",
+    ] {
+        assert!(m.contains(line), "{line:?} missing:\n{m}");
+    }
     b.shutdown().await;
 }
 
@@ -528,6 +536,7 @@ async fn acl_denials_name_user_permission_and_destination_and_leave_the_connecti
     // After all these denials the connection and session still work.
     p.send(Message::text("order 3")).await.unwrap();
     assert_eq!(b.queue_snapshot("orders.new").unwrap().ready, 3);
+    assert!(b.metrics().contains("tandem_not_authorized_total 4\n"));
     alice.close().await.unwrap();
     b.shutdown().await;
 }

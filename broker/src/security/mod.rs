@@ -24,6 +24,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -258,12 +259,23 @@ struct Enforcing {
     /// Checked against when the user does not exist, so that the answer takes as long as for a
     /// wrong password (no user enumeration by timing).
     dummy_hash: String,
+    stats: Arc<SecurityStats>,
+}
+
+/// Counters for `/metrics` (alarms on refused logins and denials).
+#[derive(Debug, Default)]
+pub(crate) struct SecurityStats {
+    logins_accepted: AtomicU64,
+    logins_refused: AtomicU64,
+    logins_rate_limited: AtomicU64,
+    not_authorized: AtomicU64,
 }
 
 /// The broker's security: open, or enforcing a `[security]` section.
 #[derive(Debug)]
 pub(crate) struct Security {
     enforcing: Option<Arc<Enforcing>>,
+    stats: Arc<SecurityStats>,
 }
 
 fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
@@ -280,7 +292,10 @@ impl Security {
     /// unusable: a broker never falls back to open.
     pub(crate) fn new(config: &BrokerConfig) -> Result<Security, Vec<ConfigError>> {
         let Some(sc) = &config.security else {
-            return Ok(Security { enforcing: None });
+            return Ok(Security {
+                enforcing: None,
+                stats: Arc::default(),
+            });
         };
         let acl = Acl::new(&sc.grants).map_err(|problems| {
             problems
@@ -304,8 +319,11 @@ impl Security {
                 problem: e.to_string(),
             }]
         })?;
+        let stats = Arc::<SecurityStats>::default();
         Ok(Security {
+            stats: stats.clone(),
             enforcing: Some(Arc::new(Enforcing {
+                stats,
                 failed: Mutex::new(FailedLogins::new(
                     sc.failed_login_burst,
                     Duration::from_millis(sc.failed_login_refill_ms),
@@ -405,8 +423,13 @@ struct AuditEvent<'a> {
     reason: &'a str,
 }
 
-/// The only place authentication writes to the log.
-fn audit(e: &AuditEvent<'_>) {
+/// The only place authentication writes to the log (and counts).
+fn audit(stats: &SecurityStats, e: &AuditEvent<'_>) {
+    let counter = match e.outcome {
+        Outcome::Accepted => &stats.logins_accepted,
+        Outcome::Refused => &stats.logins_refused,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     match e.outcome {
         Outcome::Accepted => tracing::info!(
             target: "tandem::audit",
@@ -437,19 +460,23 @@ pub(crate) struct Authenticated {
 }
 
 fn refused(
+    stats: &SecurityStats,
     peer: &Peer,
     user: &str,
     method: &'static str,
     code: ErrorCode,
     reason: &str,
 ) -> Refusal {
-    audit(&AuditEvent {
-        outcome: Outcome::Refused,
-        user,
-        peer,
-        method,
-        reason,
-    });
+    audit(
+        stats,
+        &AuditEvent {
+            outcome: Outcome::Refused,
+            user,
+            peer,
+            method,
+            reason,
+        },
+    );
     Refusal::new(code, reason)
 }
 
@@ -478,7 +505,14 @@ pub(crate) async fn authenticate(
             let reason = format!(
                 "the client certificate identifies {cn:?} but the login names {username:?}"
             );
-            return Err(refused(peer, username, "certificate", fail, &reason));
+            return Err(refused(
+                &e.stats,
+                peer,
+                username,
+                "certificate",
+                fail,
+                &reason,
+            ));
         }
         let e2 = e.clone();
         let users = tokio::task::spawn_blocking(move || e2.current_users())
@@ -491,23 +525,24 @@ pub(crate) async fn authenticate(
             },
             None => {
                 let reason = format!("certificate user {cn:?} is not in the users file");
-                return Err(refused(peer, &cn, "certificate", fail, &reason));
+                return Err(refused(&e.stats, peer, &cn, "certificate", fail, &reason));
             }
         }
     } else if !username.is_empty() {
         if !peer.confidential() && !e.config.allow_plaintext_credentials {
             let reason = "credentials over a plaintext connection are refused: connect with TLS \
                           (or set security.allow_plaintext_credentials)";
-            return Err(refused(peer, username, "password", fail, reason));
+            return Err(refused(&e.stats, peer, username, "password", fail, reason));
         }
         if let Some(ip) = peer.ip()
             && let Err(wait) = e.failed.lock().attempt(ip, Instant::now())
         {
+            e.stats.logins_rate_limited.fetch_add(1, Ordering::Relaxed);
             let reason = format!(
                 "too many failed logins from {ip}; try again in {} s",
                 wait.as_secs().max(1)
             );
-            return Err(refused(peer, username, "password", fail, &reason));
+            return Err(refused(&e.stats, peer, username, "password", fail, &reason));
         }
         let slot = e
             .verify_slots
@@ -550,12 +585,12 @@ pub(crate) async fn authenticate(
             None => {
                 // One message for unknown users and wrong passwords alike.
                 let reason = "wrong user name or password";
-                return Err(refused(peer, username, "password", fail, reason));
+                return Err(refused(&e.stats, peer, username, "password", fail, reason));
             }
         }
     } else if !connect.password.is_empty() {
         let reason = "a password without a user name";
-        return Err(refused(peer, "", "password", fail, reason));
+        return Err(refused(&e.stats, peer, "", "password", fail, reason));
     } else if e.config.allow_anonymous {
         Principal::Anonymous {
             roles: e.config.anonymous_roles.clone(),
@@ -563,7 +598,7 @@ pub(crate) async fn authenticate(
     } else {
         let reason = "anonymous access is not allowed: log in with a user name and password \
                       (or a client certificate)";
-        return Err(refused(peer, "", "anonymous", fail, reason));
+        return Err(refused(&e.stats, peer, "", "anonymous", fail, reason));
     };
     let method = match (&principal, &peer.kind) {
         (Principal::Anonymous { .. }, _) => "anonymous",
@@ -576,14 +611,17 @@ pub(crate) async fn authenticate(
     };
     let guard = e
         .acquire_counts(principal.display_name(), peer)
-        .map_err(|r| refused(peer, who, method, r.code, &r.message))?;
-    audit(&AuditEvent {
-        outcome: Outcome::Accepted,
-        user: who,
-        peer,
-        method,
-        reason: "",
-    });
+        .map_err(|r| refused(&e.stats, peer, who, method, r.code, &r.message))?;
+    audit(
+        &e.stats,
+        &AuditEvent {
+            outcome: Outcome::Accepted,
+            user: who,
+            peer,
+            method,
+            reason: "",
+        },
+    );
     Ok(Authenticated {
         principal,
         enforcing: Some(e),
@@ -643,6 +681,9 @@ impl Authenticated {
     }
 
     fn denial(&self, perm: Permission, dest: &Destination, log: bool) -> Refusal {
+        if let Some(e) = &self.enforcing {
+            e.stats.not_authorized.fetch_add(1, Ordering::Relaxed);
+        }
         let user = self.principal.display_name();
         let why = match (&self.enforcing, &self.principal) {
             (Some(e), Principal::Anonymous { roles } | Principal::User { roles, .. }) => {
@@ -672,6 +713,42 @@ fn exists(inner: &BrokerInner, dest: &Destination) -> bool {
         inner.queues.read().contains_key(&key)
     } else {
         inner.topics.read().contains_key(&key)
+    }
+}
+
+impl Security {
+    /// Appends the security counters to the Prometheus text.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let st = &self.stats;
+        for (name, help, v) in [
+            (
+                "tandem_logins_accepted_total",
+                "Logins accepted (0 while the broker runs open).",
+                &st.logins_accepted,
+            ),
+            (
+                "tandem_logins_refused_total",
+                "Logins refused (wrong credentials, policy, limits).",
+                &st.logins_refused,
+            ),
+            (
+                "tandem_logins_rate_limited_total",
+                "Password logins refused because their address failed too often.",
+                &st.logins_rate_limited,
+            ),
+            (
+                "tandem_not_authorized_total",
+                "Requests and sends refused by the grants.",
+                &st.not_authorized,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -756,10 +756,14 @@ impl Security {
 pub(crate) fn log_posture(config: &BrokerConfig) {
     let network = config.listen.is_some() || config.stomp.is_some() || config.http.is_some();
     match &config.security {
-        None => tracing::warn!(
+        None if network => tracing::warn!(
             "SECURITY: no [security] section: the broker runs OPEN. Any client that reaches a \
              listener may connect without credentials and send to, consume from and create any \
              destination. See docs/SECURITY.md"
+        ),
+        // In process only: nothing outside the embedding application can reach it.
+        None => tracing::info!(
+            "security: no [security] section: the broker runs open to in-process connections"
         ),
         Some(s) => tracing::info!(
             users_file = %s.users_file.display(),

@@ -128,7 +128,9 @@ pub(crate) async fn write_loop(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // flush: a no-op on TCP, but TLS may hold records back until flushed when the socket
+        // was busy during the write.
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break 'outer;
         }
         buf.clear();

@@ -990,3 +990,31 @@ fn the_documented_hardened_example_parses_and_validates() {
             .unwrap_err();
     assert!(e.to_string().contains("allow_everyone"), "{e}");
 }
+
+/// Many messages both ways over TLS: nothing stays buffered inside TLS (the writers flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_tls_arrives_complete() {
+    let s = Setup::new();
+    let b = start(Some(s.tls(false)), None).await;
+    let c = tls_factory(&b, s.client_tls()).connect().await.unwrap();
+    let session = c
+        .create_session(tandem_client::AckMode::Auto)
+        .await
+        .unwrap();
+    let q = Destination::queue("burst").unwrap();
+    let mut consumer = session.create_consumer(&q, None).await.unwrap();
+    c.start();
+    let mut p = session.create_producer(Some(&q)).await.unwrap();
+    p.set_delivery_mode(tandem_client::DeliveryMode::NonPersistent);
+    let body = "x".repeat(1000);
+    const N: usize = 3000;
+    for _ in 0..N {
+        p.send(Message::text(body.clone())).await.unwrap();
+    }
+    for i in 0..N {
+        let m = consumer.receive(GUARD).await.unwrap();
+        assert!(m.is_some(), "message {i} of {N} never arrived");
+    }
+    c.close().await.unwrap();
+    b.shutdown().await;
+}

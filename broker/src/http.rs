@@ -54,11 +54,8 @@ pub(crate) async fn start(
             let shutdown = inner.shutdown.clone();
             inner.tasks.clone().spawn(async move {
                 // Security hook: TLS per the HTTP listener's mode, on this task.
-                let timeout = std::time::Duration::from_millis(inner.config.handshake_timeout_ms);
                 let listener = crate::tls::Listener::Http;
-                let Some((sock, _)) =
-                    crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
-                else {
+                let Some((sock, _)) = crate::tls::accept(&inner, sock, addr, listener).await else {
                     return;
                 };
                 let svc = service_fn(move |req| {

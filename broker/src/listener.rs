@@ -84,11 +84,8 @@ async fn serve(
     addr: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let timeout = std::time::Duration::from_millis(inner.config.handshake_timeout_ms);
     let listener = crate::tls::Listener::Native;
-    let Some((io, peer)) =
-        crate::tls::accept(inner.tls.as_ref(), sock, addr, listener, timeout).await
-    else {
+    let Some((io, peer)) = crate::tls::accept(&inner, sock, addr, listener).await else {
         return;
     };
     let (rd, wr) = tokio::io::split(io);

@@ -32,6 +32,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use tandem_protocol::ErrorCode;
+
+use crate::broker::BrokerInner;
 use crate::config::ConfigError;
 use crate::security::{Peer, PeerKind};
 
@@ -282,45 +285,84 @@ impl AsyncWrite for Transport {
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Sets up an accepted socket: TLS handshake, plaintext refusal or plain pass-through, per the
-/// listener's mode. `None`: the connection is over (refused, failed handshake, timeout, or the
-/// client left); it has been logged.
+/// How long a connection refused for the per-address limit gets to finish a TLS handshake, so
+/// that it can read why (it must not hold a connection slot for long).
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Sets up an accepted socket: the per-address connection limit, then the TLS handshake, the
+/// plaintext refusal or plain pass-through, per the listener's mode. `None`: the connection is
+/// over (refused, failed handshake, timeout, or the client left); it has been logged.
 pub(crate) async fn accept(
+    inner: &BrokerInner,
+    sock: TcpStream,
+    addr: SocketAddr,
+    listener: Listener,
+) -> Option<(Transport, Peer)> {
+    let timeout = Duration::from_millis(inner.config.handshake_timeout_ms);
+    let tls = inner.tls.as_ref();
+    // HTTP (health checks, metrics scrapes) is not a messaging connection: not counted.
+    let slot = match listener {
+        Listener::Http => None,
+        _ => match inner.security.admit(addr.ip()) {
+            Ok(slot) => slot,
+            Err(message) => {
+                tracing::info!(peer = %addr, ?listener, "{message}; refused");
+                let t = timeout.min(REFUSAL_HANDSHAKE);
+                if let Some((io, _)) = setup(tls, sock, addr, listener, t).await {
+                    refuse(io, listener, ErrorCode::ConnectionLimit, &message).await;
+                }
+                return None;
+            }
+        },
+    };
+    let (io, kind) = setup(tls, sock, addr, listener, timeout).await?;
+    Some((
+        io,
+        Peer {
+            addr: Some(addr),
+            kind,
+            _slot: slot,
+        },
+    ))
+}
+
+async fn setup(
     tls: Option<&Tls>,
     sock: TcpStream,
     addr: SocketAddr,
     listener: Listener,
     timeout: Duration,
-) -> Option<(Transport, Peer)> {
-    let plain = |sock| {
-        Some((
-            Transport::Plain(sock),
-            Peer {
-                addr: Some(addr),
-                kind: PeerKind::Plain,
-            },
-        ))
-    };
+) -> Option<(Transport, PeerKind)> {
     let Some(tls) = tls else {
-        return plain(sock);
+        return Some((Transport::Plain(sock), PeerKind::Plain));
     };
     let mode = tls.mode(listener);
     if mode == TlsMode::Off {
-        return plain(sock);
+        return Some((Transport::Plain(sock), PeerKind::Plain));
     }
     let mut first = [0u8; 1];
     let is_tls = match tokio::time::timeout(timeout, sock.peek(&mut first)).await {
         Ok(Ok(1..)) => first[0] == TLS_HANDSHAKE_RECORD,
-        // Closed, failed or silent: nothing to serve. A silent plaintext client on a native port
-        // would get its handshake-timeout error from the connection task; here it just goes.
+        // Closed, failed or silent: nothing to serve.
         _ => return None,
     };
     if !is_tls {
         if mode == TlsMode::Optional {
-            return plain(sock);
+            return Some((Transport::Plain(sock), PeerKind::Plain));
         }
         tracing::info!(peer = %addr, ?listener, "plaintext connection on a TLS-only listener; refused");
-        refuse_plaintext(sock, listener).await;
+        let message = match listener {
+            Listener::Native => "this listener requires TLS: connect with tls://HOST:PORT",
+            Listener::Stomp => "this listener requires TLS: connect with STOMP over TLS",
+            Listener::Http => "this port requires TLS: use https://",
+        };
+        refuse(
+            Transport::Plain(sock),
+            listener,
+            ErrorCode::NotAuthorized,
+            message,
+        )
+        .await;
         return None;
     }
     let handshake = tls.acceptor.accept(sock);
@@ -343,56 +385,61 @@ pub(crate) async fn accept(
         .and_then(|c| common_name(c.as_ref()));
     Some((
         Transport::Tls(Box::new(stream)),
-        Peer {
-            addr: Some(addr),
-            kind: PeerKind::Tls { cert_user },
-        },
+        PeerKind::Tls { cert_user },
     ))
 }
 
-/// Tells a plaintext client, in its own protocol, that this port wants TLS; then closes.
-async fn refuse_plaintext(mut sock: TcpStream, listener: Listener) {
+/// Tells a client, in its own protocol, why it is refused; then closes.
+async fn refuse(mut io: Transport, listener: Listener, code: ErrorCode, message: &str) {
     let bytes: Vec<u8> = match listener {
         Listener::Native => {
-            let msg = "this listener requires TLS: connect with tls://HOST:PORT".to_string();
             let mut buf = bytes::BytesMut::new();
-            let code = tandem_protocol::ErrorCode::NotAuthorized;
-            tandem_protocol::Frame::error(0, code, msg.clone()).encode(&mut buf);
+            tandem_protocol::Frame::error(0, code, message.to_string()).encode(&mut buf);
             tandem_protocol::Frame::Close(tandem_protocol::wire::Close {
                 code: code.code(),
-                message: msg,
+                message: message.to_string(),
             })
             .encode(&mut buf);
             buf.to_vec()
         }
         Listener::Stomp => {
-            let body = "this listener requires TLS: connect with stomp+ssl / TLS";
+            let title = match code {
+                ErrorCode::ConnectionLimit => "connection limit reached",
+                _ => "TLS required",
+            };
             format!(
-                "ERROR\nmessage:TLS required\ncontent-type:text/plain\ncontent-length:{}\n\n{body}\0",
-                body.len()
+                "ERROR\nmessage:{title}\nerror-code:{}\nerror-name:{}\ncontent-type:text/plain\n\
+                 content-length:{}\n\n{message}\0",
+                code.code(),
+                code.name(),
+                message.len()
             )
             .into_bytes()
         }
         Listener::Http => {
-            let body = "this port requires TLS: use https://\n";
+            let status = match code {
+                ErrorCode::ConnectionLimit => "503 Service Unavailable",
+                _ => "400 Bad Request",
+            };
             format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{message}\n",
+                message.len() + 1
             )
             .into_bytes()
         }
     };
     let linger = Duration::from_secs(1);
-    let _ = tokio::time::timeout(linger, sock.write_all(&bytes)).await;
-    let _ = tokio::time::timeout(linger, sock.shutdown()).await;
+    let _ = tokio::time::timeout(linger, io.write_all(&bytes)).await;
+    let _ = tokio::time::timeout(linger, io.flush()).await;
+    let _ = tokio::time::timeout(linger, io.shutdown()).await;
     // Read (and drop) what the client still sends for a moment: closing with unread input would
     // reset the connection and could destroy the answer before the client reads it.
     let mut sink = [0u8; 4096];
     let mut left = 64 * 1024usize;
     let deadline = tokio::time::Instant::now() + linger;
     while left > 0 {
-        match tokio::time::timeout_at(deadline, sock.read(&mut sink)).await {
+        match tokio::time::timeout_at(deadline, io.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
             _ => break,
         }

@@ -1018,3 +1018,48 @@ async fn a_burst_over_tls_arrives_complete() {
     c.close().await.unwrap();
     b.shutdown().await;
 }
+
+/// The per-address limit counts from accept, before TLS and login: idle connections from one
+/// address cannot pile up until their handshake times out.
+#[tokio::test]
+async fn idle_connections_count_against_the_address_limit_at_once() {
+    let s = Setup::new();
+    let mut sec = s.security();
+    sec.max_connections_per_address = 2;
+    let b = start(Some(s.tls(false)), Some(sec)).await;
+    let idle1 = TcpStream::connect(b.local_addr().unwrap()).await.unwrap();
+    let idle2 = TcpStream::connect(b.stomp_addr().unwrap()).await.unwrap();
+    // Both idle sockets are accepted (and counted) by the time the broker answers a third.
+    let f = || {
+        tls_factory(&b, s.client_tls())
+            .with_credentials("alice", "alice-pw-1")
+            .with_connect_timeout(GUARD)
+    };
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let e = loop {
+        match f().connect().await {
+            Err(e) => break e,
+            // The broker had not accepted both idle sockets yet.
+            Ok(c) if tokio::time::Instant::now() < deadline => c.close().await.unwrap(),
+            Ok(_) => panic!("never refused"),
+        }
+    };
+    assert_eq!(code(&e), Some(ErrorCode::ConnectionLimit), "{e}");
+    assert!(e.to_string().contains("max_connections_per_address"), "{e}");
+    // Closing the idle sockets gives their places back.
+    drop((idle1, idle2));
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        match f().connect().await {
+            Ok(c) => {
+                c.close().await.unwrap();
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    b.shutdown().await;
+}

@@ -143,20 +143,24 @@ pub enum PeerKind {
 }
 
 /// The far end of a connection, as authentication sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
     /// The source address (`None` in process).
     pub addr: Option<SocketAddr>,
     /// The transport.
     pub kind: PeerKind,
+    /// The connection's place under `max_connections_per_address`, taken at accept and held
+    /// until the connection ends (shared with the STOMP translator's native side).
+    pub _slot: Option<Arc<AddressSlot>>,
 }
 
 impl Peer {
     /// An in-process connection.
-    pub fn in_process() -> Peer {
+    pub(crate) fn in_process() -> Peer {
         Peer {
             addr: None,
             kind: PeerKind::InProcess,
+            _slot: None,
         }
     }
 
@@ -219,12 +223,11 @@ struct Counts {
     addrs: HashMap<IpAddr, usize>,
 }
 
-/// Holds a connection's place in the per-user and per-address counts; gives it back on drop.
+/// Holds a connection's place in the per-user count; gives it back on drop.
 #[derive(Debug)]
 struct CountGuard {
     counts: Arc<Mutex<Counts>>,
     user: String,
-    addr: Option<IpAddr>,
 }
 
 impl Drop for CountGuard {
@@ -236,12 +239,24 @@ impl Drop for CountGuard {
                 c.users.remove(&self.user);
             }
         }
-        if let Some(a) = self.addr
-            && let Some(n) = c.addrs.get_mut(&a)
-        {
+    }
+}
+
+/// Holds a connection's place in the per-address count, from accept (before TLS and login, so a
+/// flood of idle connections from one address is cut short) to the end of the connection.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock();
+        if let Some(n) = c.addrs.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                c.addrs.remove(&a);
+                c.addrs.remove(&self.ip);
             }
         }
     }
@@ -343,6 +358,33 @@ impl Security {
     }
 }
 
+impl Security {
+    /// Takes a place under `max_connections_per_address` for a new connection from `ip` (at
+    /// accept, before TLS and login). `Ok(None)`: no limit applies. `Err`: the refusal's text.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<Option<Arc<AddressSlot>>, String> {
+        let Some(e) = &self.enforcing else {
+            return Ok(None);
+        };
+        let max = e.config.max_connections_per_address;
+        if max == 0 {
+            return Ok(None);
+        }
+        let mut c = e.counts.lock();
+        let have = c.addrs.entry(ip).or_insert(0);
+        if *have >= max {
+            return Err(format!(
+                "address {ip} already has {have} connections \
+                 (security.max_connections_per_address = {max})"
+            ));
+        }
+        *have += 1;
+        Ok(Some(Arc::new(AddressSlot {
+            counts: e.counts.clone(),
+            ip,
+        })))
+    }
+}
+
 impl Enforcing {
     /// The users file, re-read when it changed on disk (so `tandem user add` needs no restart). A
     /// changed file that does not parse is logged and the previous version stays in force.
@@ -366,10 +408,9 @@ impl Enforcing {
         loaded.users.clone()
     }
 
-    fn acquire_counts(&self, user: &str, peer: &Peer) -> Result<CountGuard, Refusal> {
+    fn acquire_counts(&self, user: &str) -> Result<CountGuard, Refusal> {
         let mut c = self.counts.lock();
         let per_user = self.config.max_connections_per_user;
-        let per_addr = self.config.max_connections_per_address;
         let have_user = c.users.get(user).copied().unwrap_or(0);
         if per_user > 0 && have_user >= per_user {
             return Err(Refusal::new(
@@ -380,24 +421,10 @@ impl Enforcing {
                 ),
             ));
         }
-        if let Some(ip) = peer.ip() {
-            let have = c.addrs.get(&ip).copied().unwrap_or(0);
-            if per_addr > 0 && have >= per_addr {
-                return Err(Refusal::new(
-                    ErrorCode::ConnectionLimit,
-                    format!(
-                        "address {ip} already has {have} connections \
-                         (security.max_connections_per_address = {per_addr})"
-                    ),
-                ));
-            }
-            *c.addrs.entry(ip).or_insert(0) += 1;
-        }
         *c.users.entry(user.to_string()).or_insert(0) += 1;
         Ok(CountGuard {
             counts: self.counts.clone(),
             user: user.to_string(),
-            addr: peer.ip(),
         })
     }
 }
@@ -610,7 +637,7 @@ pub(crate) async fn authenticate(
         _ => "",
     };
     let guard = e
-        .acquire_counts(principal.display_name(), peer)
+        .acquire_counts(principal.display_name())
         .map_err(|r| refused(&e.stats, peer, who, method, r.code, &r.message))?;
     audit(
         &e.stats,

@@ -58,13 +58,9 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                         let span = tracing::debug_span!("stomp", %peer);
                         let inner2 = inner.clone();
                         let serve = async move {
-                            let timeout = std::time::Duration::from_millis(
-                                inner2.config.handshake_timeout_ms,
-                            );
                             let listener = crate::tls::Listener::Stomp;
-                            let tls = inner2.tls.as_ref();
                             if let Some((io, who)) =
-                                crate::tls::accept(tls, sock, peer, listener, timeout).await
+                                crate::tls::accept(&inner2, sock, peer, listener).await
                             {
                                 session::serve(inner2, io, who, permit).await;
                             }

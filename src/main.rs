@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tandem_broker::{Broker, BrokerConfig};
 
+mod user;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tandem",
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run a broker in the foreground until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Manage the users file: add, remove, list (see docs/SECURITY.md).
+    User(user::UserArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,6 +197,10 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::User(args) = cli.command {
+        // No runtime and no log subscriber: a short file edit.
+        return user::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -205,5 +213,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
+        Command::User(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -99,6 +99,10 @@ pub(crate) struct BrokerInner {
     pub mover: tokio::sync::mpsc::UnboundedSender<crate::queue::Move>,
     /// Wakeups for scheduled messages (delivery delay), carried out by the scheduler task.
     pub scheduler: tokio::sync::mpsc::UnboundedSender<crate::queue::Wakeup>,
+    /// Authentication and authorization (docs/SECURITY.md).
+    pub security: crate::security::Security,
+    /// TLS for the listeners; `None`: plaintext.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl BrokerInner {
@@ -414,6 +418,13 @@ impl Broker {
         config.validate().map_err(BrokerError::Config)?;
         let (mover_tx, mover_rx) = tokio::sync::mpsc::unbounded_channel();
         let (scheduler_tx, scheduler_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Security hook: load the users file and certificates before anything listens.
+        crate::security::log_posture(&config);
+        let security = crate::security::Security::new(&config).map_err(BrokerError::Config)?;
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::Tls::load(t).map_err(BrokerError::Config)?),
+            None => None,
+        };
         let inner = Arc::new(BrokerInner {
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
@@ -433,6 +444,8 @@ impl Broker {
             mover: mover_tx,
             scheduler: scheduler_tx,
             instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
+            security,
+            tls,
         });
         inner
             .tasks
@@ -604,6 +617,16 @@ pub(crate) fn connect_local_with(
     inner: &Arc<BrokerInner>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> LocalLink {
+    connect_local_as(inner, permit, crate::security::Peer::in_process())
+}
+
+/// [`connect_local_with`] on behalf of a remote peer (the STOMP listener's client): the native
+/// connection authenticates it as that peer.
+pub(crate) fn connect_local_as(
+    inner: &Arc<BrokerInner>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    peer: crate::security::Peer,
+) -> LocalLink {
     let (client, server) = local_link_pair(LOCAL_LINK_CAPACITY);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
     let LocalLink { tx, rx } = server;
@@ -621,7 +644,7 @@ pub(crate) fn connect_local_with(
         inner.clone(),
         inbound,
         out_tx,
-        "in-process".into(),
+        peer,
         permit,
     ));
     client

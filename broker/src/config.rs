@@ -68,6 +68,11 @@ pub struct BrokerConfig {
     pub queues: Vec<String>,
     /// Topics that exist from the start.
     pub topics: Vec<String>,
+    /// TLS for the listeners (docs/SECURITY.md); `None`: every listener is plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Authentication, authorization and per-user limits (docs/SECURITY.md); `None`: the broker
+    /// is open to every client.
+    pub security: Option<crate::security::SecurityConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -96,6 +101,8 @@ impl Default for BrokerConfig {
             address_settings: Vec::new(),
             queues: Vec::new(),
             topics: Vec::new(),
+            tls: None,
+            security: None,
         }
     }
 }
@@ -236,6 +243,13 @@ impl BrokerConfig {
                     problem: e.to_string(),
                 });
             }
+        }
+        // Security hooks (docs/SECURITY.md): their own checks, reported with everything else.
+        if let Some(t) = &self.tls {
+            errs.extend(t.validate());
+        }
+        if let Some(s) = &self.security {
+            errs.extend(s.validate());
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }

@@ -24,6 +24,8 @@ use crate::broker::{BrokerInner, DupStatus};
 use crate::journal::Record;
 use crate::message::{BrokerMessage, Refusal, now_ms};
 use crate::queue::Queue;
+use crate::security::acl::Permission;
+use crate::security::{Authenticated, Peer};
 use crate::session::{ConsumerShared, Outbound, SessionShared, Unacked};
 use crate::store::Durable;
 use crate::topic::{Subscription, Topic};
@@ -197,6 +199,8 @@ struct Connection {
     id: u64,
     out: Outbound,
     client_id: Option<String>,
+    /// Who this connection acts as; answers every authorization check.
+    auth: Authenticated,
     sessions: HashMap<u64, Arc<SessionShared>>,
     producers: HashMap<u64, Producer>,
     consumers: HashMap<u64, Consumer>,
@@ -211,7 +215,7 @@ pub(crate) async fn run<S>(
     inner: Arc<BrokerInner>,
     mut inbound: S,
     out: Outbound,
-    peer: String,
+    peer: Peer,
     _permit: OwnedSemaphorePermit,
 ) where
     S: Stream<Item = Result<Frame, CodecError>> + Unpin,
@@ -223,7 +227,8 @@ pub(crate) async fn run<S>(
         .fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("conn", id, %peer);
     let _e = span.enter();
-    let Some((client_id, heartbeat)) = handshake(&inner, &mut inbound, &out, id).await else {
+    let Some((client_id, heartbeat, auth)) = handshake(&inner, &mut inbound, &out, id, &peer).await
+    else {
         return;
     };
     tracing::debug!(?client_id, ?heartbeat, "connected");
@@ -240,6 +245,7 @@ pub(crate) async fn run<S>(
         id,
         out,
         client_id,
+        auth,
         sessions: HashMap::new(),
         producers: HashMap::new(),
         consumers: HashMap::new(),
@@ -263,7 +269,8 @@ async fn handshake<S>(
     inbound: &mut S,
     out: &Outbound,
     id: u64,
-) -> Option<(Option<String>, Duration)>
+    peer: &Peer,
+) -> Option<(Option<String>, Duration, Authenticated)>
 where
     S: Stream<Item = Result<Frame, CodecError>> + Unpin,
 {
@@ -314,6 +321,14 @@ where
         );
         return None;
     }
+    // Security hook: authenticate before anything else is looked at (client ids included).
+    let auth = match crate::security::authenticate(inner, peer, &c).await {
+        Ok(a) => a,
+        Err(r) => {
+            fatal(out, r.code, r.message);
+            return None;
+        }
+    };
     let client_id = (!c.client_id.is_empty()).then(|| c.client_id.clone());
     if let Some(cid) = &client_id
         && !inner.client_ids.lock().insert(cid.clone())
@@ -338,7 +353,7 @@ where
         heartbeat_ms: agreed.min(u64::from(u32::MAX)) as u32,
         max_frame_size: inner.config.max_frame_size.min(u32::MAX as usize) as u32,
     }));
-    Some((client_id, Duration::from_millis(agreed)))
+    Some((client_id, Duration::from_millis(agreed), auth))
 }
 
 impl Connection {
@@ -565,6 +580,7 @@ impl Connection {
         }
         let destination = p.destination.as_ref().map(parse_destination).transpose()?;
         if let Some(d) = &destination {
+            self.auth.check_use(&self.inner, Permission::Send, d)?;
             self.inner.ensure(d)?;
         }
         // The name keys duplicate detection across reconnects. A producer without one gets a name
@@ -660,6 +676,11 @@ impl Connection {
                     msg.destination
                 ),
             ));
+        }
+        if producer.destination.is_none() {
+            // An anonymous producer's rights are checked per message (a named one's at open).
+            self.auth
+                .check_use(&self.inner, Permission::Send, &msg.destination)?;
         }
         let (targets, topic) = if msg.destination.kind().is_queue() {
             (vec![self.inner.queue(&msg.destination)?], None)
@@ -793,6 +814,12 @@ impl Connection {
             ));
         };
         let dest = parse_destination(dest)?;
+        let perm = if c.browser {
+            Permission::Browse
+        } else {
+            Permission::Consume
+        };
+        self.auth.check_use(&self.inner, perm, &dest)?;
         let selector = match c.selector.trim() {
             "" => None,
             text => Some(Selector::parse(text).map_err(|e| {

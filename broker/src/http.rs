@@ -56,15 +56,28 @@ pub(crate) async fn start(
     addr: SocketAddr,
 ) -> Result<SocketAddr, BrokerError> {
     let (shutdown, tasks) = (inner.shutdown.clone(), inner.tasks.clone());
-    serve(addr, Arc::new(BrokerHttp(inner)), shutdown, tasks).await
+    let source = Arc::new(BrokerHttp(inner.clone()));
+    serve_with(addr, source, shutdown, tasks, Some(inner)).await
 }
 
 /// Serves `/health` and `/metrics` from `source` on `addr` until `shutdown`; tasks go on `tasks`.
+/// Plaintext: a failover lane's own endpoint (TLS on it is not wired yet; see docs/SECURITY.md).
 pub async fn serve(
     addr: SocketAddr,
     source: Arc<dyn HttpSource>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+) -> Result<SocketAddr, BrokerError> {
+    serve_with(addr, source, shutdown, tasks, None).await
+}
+
+/// [`serve`], with TLS per the broker's HTTP listener mode when `tls` is given.
+async fn serve_with(
+    addr: SocketAddr,
+    source: Arc<dyn HttpSource>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    tls: Option<Arc<BrokerInner>>,
 ) -> Result<SocketAddr, BrokerError> {
     let bind = |source| BrokerError::Bind {
         what: "http",
@@ -76,7 +89,7 @@ pub async fn serve(
     let spawner = tasks.clone();
     spawner.spawn(async move {
         loop {
-            let (sock, _) = tokio::select! {
+            let (sock, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -89,7 +102,19 @@ pub async fn serve(
             };
             let source = source.clone();
             let shutdown = shutdown.clone();
+            let tls = tls.clone();
             tasks.spawn(async move {
+                // Security hook: TLS per the HTTP listener's mode, on this task.
+                let sock = match &tls {
+                    Some(inner) => {
+                        let http = crate::tls::Listener::Http;
+                        match crate::tls::accept(inner, sock, peer, http).await {
+                            Some((io, _)) => io,
+                            None => return,
+                        }
+                    }
+                    None => crate::tls::Transport::Plain(sock),
+                };
                 let svc = service_fn(move |req| {
                     let source = source.clone();
                     async move { Ok::<_, Infallible>(route(&*source, req)) }
@@ -195,6 +220,8 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
         "gauge",
         inner.started.elapsed().as_secs(),
     );
+    // Security hook: login and authorization counters.
+    inner.security.write_metrics(&mut s);
 
     let queues: Vec<_> = inner
         .queues

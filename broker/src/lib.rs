@@ -31,10 +31,12 @@ mod listener;
 pub mod message;
 mod mover;
 pub mod queue;
+pub mod security;
 pub mod session;
 pub mod settings;
 mod stomp;
 pub mod store;
+pub mod tls;
 pub mod topic;
 
 pub use broker::{Broker, BrokerError, BrokerStats, Health};

@@ -53,18 +53,7 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                 let _ = sock.set_nodelay(true);
                 match inner.permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (rd, wr) = sock.into_split();
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        inner.tasks.spawn(write_loop(wr, rx));
-                        let inbound =
-                            FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
-                        inner.tasks.spawn(crate::connection::run(
-                            inner.clone(),
-                            inbound,
-                            tx,
-                            peer.to_string(),
-                            permit,
-                        ));
+                        inner.tasks.spawn(serve(inner.clone(), sock, peer, permit));
                     }
                     Err(_) => {
                         inner
@@ -85,6 +74,25 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// One accepted connection: TLS (per the listener's mode, on this task, not the accept loop),
+/// then a writer task and the connection task.
+async fn serve(
+    inner: Arc<BrokerInner>,
+    sock: TcpStream,
+    addr: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let listener = crate::tls::Listener::Native;
+    let Some((io, peer)) = crate::tls::accept(&inner, sock, addr, listener).await else {
+        return;
+    };
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::unbounded_channel();
+    inner.tasks.spawn(write_loop(wr, rx));
+    let inbound = FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
+    crate::connection::run(inner.clone(), inbound, tx, peer, permit).await;
 }
 
 async fn refuse(mut sock: TcpStream, limit: usize) {
@@ -117,7 +125,9 @@ pub(crate) async fn write_loop(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        // flush: a no-op on TCP, but TLS may hold records back until flushed when the socket
+        // was busy during the write.
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break 'outer;
         }
         buf.clear();

@@ -44,6 +44,8 @@ pub struct ConnectionOptions {
     /// Bound on the answer to each request (opening and closing sessions, producers, consumers,
     /// client acks, recover).
     pub request_timeout: Duration,
+    /// TLS settings for `tls://` URLs (the CA bundle is required there).
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Default for ConnectionOptions {
@@ -57,6 +59,7 @@ impl Default for ConnectionOptions {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -201,6 +204,12 @@ impl ConnectionFactory {
         self
     }
 
+    /// TLS settings for `tls://` URLs: the CA bundle, an SNI override, a client certificate.
+    pub fn with_tls(mut self, tls: crate::tls::TlsOptions) -> Self {
+        self.options.tls = Some(tls);
+        self
+    }
+
     /// Bounds the wait for each request's answer.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.options.request_timeout = timeout;
@@ -280,8 +289,14 @@ impl ConnectionFactory {
                     let stream =
                         tokio::net::TcpStream::connect((ep.host.as_str(), ep.port)).await?;
                     stream.set_nodelay(true)?;
-                    let (r, w) = stream.into_split();
-                    transport::stream(Box::new(r), Box::new(w), opts.max_frame_size)
+                    if ep.tls {
+                        let tls = crate::tls::connect(opts.tls.as_ref(), &ep.host, stream).await?;
+                        let (r, w) = tokio::io::split(tls);
+                        transport::stream(Box::new(r), Box::new(w), opts.max_frame_size)
+                    } else {
+                        let (r, w) = stream.into_split();
+                        transport::stream(Box::new(r), Box::new(w), opts.max_frame_size)
+                    }
                 }
                 Target::InProcess(connector) => {
                     let link = connector().map_err(|reason| Error::ConnectionLost {

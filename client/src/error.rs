@@ -69,6 +69,10 @@ pub enum Error {
     /// The transport failed while connecting.
     #[error("i/o: {0}")]
     Io(Arc<std::io::Error>),
+    /// TLS could not be set up: bad CA bundle or client certificate, or a failed handshake (an
+    /// untrusted, expired or misnamed broker certificate).
+    #[error("tls: {0}")]
+    Tls(String),
     /// The peer broke the protocol (an unexpected frame, undecodable bytes).
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -2,8 +2,9 @@
 //!
 //! [`ConnectionFactory`] → [`Connection`] → [`Session`] → [`Producer`] / [`Consumer`], as in JMS;
 //! a consumer is a [`futures::Stream`] and every failure is an [`Error`] variant. The same API
-//! runs over TCP (`tcp://host:port`) or in process against an embedded broker
-//! ([`ConnectionFactory::in_process`]), where frames move without being encoded.
+//! runs over TCP (`tcp://host:port`), TLS (`tls://host:port` with [`TlsOptions`]: the CA bundle,
+//! an optional server-name override and client certificate) or in process against an embedded
+//! broker ([`ConnectionFactory::in_process`]), where frames move without being encoded.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -83,6 +84,7 @@ mod producer;
 mod reconnect;
 mod session;
 mod shared;
+mod tls;
 mod transport;
 mod url;
 
@@ -101,6 +103,7 @@ pub use event::{ConnectionEvent, Events};
 pub use producer::{Producer, Receipt};
 pub use reconnect::{Reconnect, ReconnectPolicy, SplitMix64, Step};
 pub use session::{AckMode, Session};
+pub use tls::TlsOptions;
 pub use url::{BrokerUrl, Endpoint};
 
 pub use tandem_protocol::ErrorCode;

@@ -1,4 +1,4 @@
-//! Broker URLs: `tcp://host:port` and `failover:(tcp://a:1,tcp://b:2)[?options]`.
+//! Broker URLs: `tcp://host:port`, `tls://host:port` and `failover:(tcp://a:1,tls://b:2)[?options]`.
 //!
 //! Parsing is separate from connecting so a bad URL fails when the factory is built, with a typed
 //! reason, rather than on first connect.
@@ -14,14 +14,17 @@ pub struct Endpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `tls://`: TLS over TCP (see [`crate::TlsOptions`]).
+    pub tls: bool,
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "tls" } else { "tcp" };
         if self.host.contains(':') {
-            write!(f, "tcp://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "tcp://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -29,7 +32,7 @@ impl fmt::Display for Endpoint {
 /// A parsed broker URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerUrl {
-    /// `tcp://host:port`.
+    /// `tcp://host:port` or `tls://host:port` (the endpoint says which).
     Tcp(Endpoint),
     /// `failover:(tcp://a:1,tcp://b:2)?k=v&...`: the endpoints in order and the options as given.
     Failover {
@@ -91,10 +94,15 @@ fn parse_tcp(s: &str, url: &str) -> Result<Endpoint> {
         url: url.to_string(),
         reason,
     };
-    let rest = match s.split_once("://") {
-        Some(("tcp", rest)) => rest,
-        Some(_) => return Err(bad("unsupported scheme: use tcp:// or failover:(...)")),
-        None => return Err(bad("expected tcp://host:port")),
+    let (tls, rest) = match s.split_once("://") {
+        Some(("tcp", rest)) => (false, rest),
+        Some(("tls", rest)) => (true, rest),
+        Some(_) => {
+            return Err(bad(
+                "unsupported scheme: use tcp://, tls:// or failover:(...)",
+            ));
+        }
+        None => return Err(bad("expected tcp://host:port or tls://host:port")),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains(['/', '?', '@']) {
@@ -125,6 +133,7 @@ fn parse_tcp(s: &str, url: &str) -> Result<Endpoint> {
     Ok(Endpoint {
         host: host.to_string(),
         port,
+        tls,
     })
 }
 
@@ -136,7 +145,25 @@ mod tests {
         Endpoint {
             host: host.into(),
             port,
+            tls: false,
         }
+    }
+
+    #[test]
+    fn tls_urls() {
+        let u = BrokerUrl::parse("tls://broker.example:61617").unwrap();
+        let tls = Endpoint {
+            host: "broker.example".into(),
+            port: 61617,
+            tls: true,
+        };
+        assert_eq!(u, BrokerUrl::Tcp(tls.clone()));
+        assert_eq!(tls.to_string(), "tls://broker.example:61617");
+        let u = BrokerUrl::parse("failover:(tls://a:1,tcp://b:2)").unwrap();
+        let BrokerUrl::Failover { endpoints, .. } = u else {
+            panic!()
+        };
+        assert!(endpoints[0].tls && !endpoints[1].tls);
     }
 
     #[test]

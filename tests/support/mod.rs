@@ -26,6 +26,8 @@ pub struct BrokerProcess {
     /// The STOMP listener; `None` when started with `--stomp off`.
     pub stomp: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Every line the broker wrote to stderr so far (its log).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -87,10 +89,13 @@ impl BrokerProcess {
         let mut child = cmd.spawn().expect("tandem binary starts");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
-        // Forward stderr so a failing test shows the broker's log.
+        // Forward stderr so a failing test shows the broker's log; keep it for assertions too.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[tandem] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let (tx, rx) = mpsc::channel();
@@ -120,6 +125,7 @@ impl BrokerProcess {
             stomp: optional("stomp="),
             child,
             data_dir: data_dir.to_path_buf(),
+            log,
             _tmp: None,
         }
     }

@@ -56,9 +56,16 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                         // `instrument`, not `span.enter()`: the task suspends, the span must not
                         // stay entered on the thread.
                         let span = tracing::debug_span!("stomp", %peer);
-                        inner.tasks.spawn(
-                            session::serve(inner.clone(), sock, peer, permit).instrument(span),
-                        );
+                        let inner2 = inner.clone();
+                        let serve = async move {
+                            let listener = crate::tls::Listener::Stomp;
+                            if let Some((io, who)) =
+                                crate::tls::accept(&inner2, sock, peer, listener).await
+                            {
+                                session::serve(inner2, io, who, permit).await;
+                            }
+                        };
+                        inner.tasks.spawn(serve.instrument(span));
                     }
                     Err(_) => {
                         inner

@@ -22,7 +22,6 @@
 //!   the native side keeps its deliveries within the consumers' windows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -37,7 +36,6 @@ use tandem_protocol::stomp::{
 use tandem_protocol::wire::{self, AckKind, AckMode};
 use tandem_protocol::{ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -64,7 +62,7 @@ const LINGER_SHUTDOWN: Duration = Duration::from_millis(100);
 /// Native frames handled before the socket is flushed.
 const MAX_BATCH: usize = 256;
 
-type Io = Framed<TcpStream, StompCodec>;
+type Io = Framed<crate::tls::Transport, StompCodec>;
 
 /// A STOMP-side failure: the ERROR frame that ends the session.
 struct Fatal(StompFrame);
@@ -181,8 +179,8 @@ struct Session {
 /// broker's connection limit; the native connection inherits it.
 pub(crate) async fn serve(
     inner: Arc<BrokerInner>,
-    sock: TcpStream,
-    peer: SocketAddr,
+    sock: crate::tls::Transport,
+    peer: crate::security::Peer,
     permit: OwnedSemaphorePermit,
 ) {
     let limits = StompLimits {
@@ -270,7 +268,7 @@ struct Connected {
 async fn handshake(
     inner: &Arc<BrokerInner>,
     io: &mut Io,
-    peer: SocketAddr,
+    peer: crate::security::Peer,
     permit: OwnedSemaphorePermit,
 ) -> Result<Option<Connected>, Fatal> {
     let limit = Duration::from_millis(inner.config.handshake_timeout_ms);
@@ -321,7 +319,8 @@ async fn handshake(
     };
     let beats = negotiate_heart_beat(client_beats, server_beats);
 
-    let link = crate::broker::connect_local_with(inner, permit);
+    // The native connection authenticates the STOMP client as itself (address, TLS, certificate).
+    let link = crate::broker::connect_local_as(inner, permit, peer.clone());
     let header = |n: &str| connect.header(n).unwrap_or("").to_string();
     let opening = [
         Frame::Connect(wire::Connect {
@@ -345,7 +344,10 @@ async fn handshake(
             request_id: 2,
             session_id: SESSION_ID,
             producer_id: PRODUCER_ID,
-            producer_name: format!("stomp-{peer}-{}", now_ms()),
+            producer_name: match peer.addr {
+                Some(a) => format!("stomp-{a}-{}", now_ms()),
+                None => format!("stomp-local-{}", now_ms()),
+            },
             destination: None,
         }),
     ];

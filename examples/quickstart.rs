@@ -24,13 +24,24 @@ async fn main() -> anyhow::Result<()> {
     let orders = Destination::queue("orders")?;
 
     let mut producer = session.create_producer(Some(&orders)).await?;
-    let id = producer.send(Message::text("order #1").with_property("region", "eu")?).await?;
+    let id = producer
+        .send(Message::text("order #1").with_property("region", "eu")?)
+        .await?;
     println!("sent {id}");
 
-    let mut consumer = session.create_consumer(&orders, Some("region = 'eu'")).await?;
+    let mut consumer = session
+        .create_consumer(&orders, Some("region = 'eu'"))
+        .await?;
     connection.start();
-    let msg = consumer.receive(Duration::from_secs(5)).await?.expect("the message we sent");
-    println!("received {:?} (delivery count {})", msg.text_body(), msg.delivery_count);
+    let msg = consumer
+        .receive(Duration::from_secs(5))
+        .await?
+        .expect("the message we sent");
+    println!(
+        "received {:?} (delivery count {})",
+        msg.text_body(),
+        msg.delivery_count
+    );
     msg.ack().await?;
 
     connection.close().await?;

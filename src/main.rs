@@ -3,6 +3,8 @@
 //! `tandem run` starts a broker. Settings come from, in rising precedence: built-in defaults, the
 //! TOML file named by `--config` (or `TANDEM_CONFIG`), environment variables, flags.
 
+mod perf;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run a broker in the foreground until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Load generator: rates, latency histograms and exact-once accounting (docs/BENCHMARKS.md).
+    Perf(perf::PerfArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,10 +128,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // perf's stdout and stderr are its report and progress: only warnings from the embedded broker.
+    let default_log = match cli.command {
+        Command::Perf(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -136,5 +145,10 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
+        Command::Perf(args) => {
+            let code = rt.block_on(perf::main(args))?;
+            drop(rt);
+            std::process::exit(code)
+        }
     }
 }

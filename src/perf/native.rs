@@ -79,6 +79,7 @@ async fn producer(factory: ConnectionFactory, mut ctx: ProducerCtx) -> anyhow::R
             tokio::select! {
                 biased;
                 _ = ctx.run.abort.cancelled() => break,
+                _ = ctx.run.stop_sending.cancelled() => break,
                 p = in_flight.clone().acquire_owned() => Some(p?),
             }
         } else {

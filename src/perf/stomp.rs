@@ -207,6 +207,7 @@ async fn producer(addr: SocketAddr, mut ctx: ProducerCtx) -> anyhow::Result<Keep
             tokio::select! {
                 biased;
                 _ = ctx.run.abort.cancelled() => break,
+                _ = ctx.run.stop_sending.cancelled() => break,
                 p = in_flight.acquire() => p?.forget(),
             }
         }

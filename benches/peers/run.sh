@@ -72,7 +72,7 @@ perf() { # perf CASE TARGET RUN
     # A fresh queue per run: no backlog or durability settings carry over between runs.
     local args="$(target_args "$t") $(case_args "$c") -d queue:perf.$c.$r --size 1024 \
         --duration $DURATION --warmup $WARMUP --receipt-every 100 --json --quiet"
-    echo "tandem perf $args" | sed "s|--broker-pid [0-9]*|--broker-pid PID|" >"$out/raw/$c.$t.$r.cmd"
+    echo "tandem perf $args" | tr -s ' ' | sed "s|--broker-pid [0-9]*|--broker-pid PID|" >"$out/raw/$c.$t.$r.cmd"
     # Other work on the machine skews a run: keep the load average beside it.
     cut -d' ' -f1 /proc/loadavg >"$out/raw/$c.$t.$r.load"
     # shellcheck disable=SC2086

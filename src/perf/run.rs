@@ -481,7 +481,6 @@ pub async fn execute<D: Driver>(cfg: PerfConfig, driver: D) -> Report {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let end_ns = clock.now_ns();
     let tool_end = ProcSample::read(None);
     let broker_end = cfg.broker_pid.and_then(|p| ProcSample::read(Some(p)));
     run.stop_receiving.cancel();
@@ -577,7 +576,6 @@ pub async fn execute<D: Driver>(cfg: PerfConfig, driver: D) -> Report {
     } else {
         0
     };
-    let _ = end_ns;
     Report {
         target: cfg.target.describe(),
         protocol: cfg.target.protocol(),

@@ -264,6 +264,18 @@ fn refusals_exit_2_and_unsupported_transactions_fail_clearly() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("queue:NAME"), "{err}");
 
+    // Nothing listening: the run fails (exit 1) and says why, rather than reporting zeros as OK.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let url = format!("tcp://{closed}");
+    for target in [["--url", url.as_str()], ["--stomp", &closed.to_string()]] {
+        let (code, r, _) = perf(&[target[0], target[1], "-n", "10"]);
+        assert_eq!(code, 1, "{r:#}");
+        assert!(r["errors"].to_string().contains("refused"), "{r:#}");
+    }
+
     // STOMP transactions reach tandem, which refuses them today: the run fails (exit 1) with the
     // broker's error, rather than pretending.
     let broker = BrokerProcess::start(&[]);

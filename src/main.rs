@@ -3,6 +3,8 @@
 //! `tandem run` starts a broker. Settings come from, in rising precedence: built-in defaults, the
 //! TOML file named by `--config` (or `TANDEM_CONFIG`), environment variables, flags.
 
+mod perf;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,8 @@ enum Command {
     Run(RunArgs),
     /// Manage the users file: add, remove, list (see docs/SECURITY.md).
     User(user::UserArgs),
+    /// Load generator: rates, latency histograms and exact-once accounting (docs/BENCHMARKS.md).
+    Perf(perf::PerfArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,10 +205,15 @@ fn main() -> anyhow::Result<()> {
         // No runtime and no log subscriber: a short file edit.
         return user::run(args);
     }
+    // perf's stdout and stderr are its report and progress: only warnings from the embedded broker.
+    let default_log = match cli.command {
+        Command::Perf(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -214,5 +223,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
         Command::User(_) => unreachable!("handled before the runtime starts"),
+        Command::Perf(args) => {
+            let code = rt.block_on(perf::main(args))?;
+            drop(rt);
+            std::process::exit(code)
+        }
     }
 }

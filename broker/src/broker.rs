@@ -19,7 +19,7 @@ use crate::journal::{Journal, JournalError, JournalOptions, Recovered};
 use crate::message::Refusal;
 use crate::message::{BrokerMessage, now_ms};
 use crate::queue::{Queue, QueueSnapshot};
-use crate::store::{JournalStore, MemoryStore, MessageStore};
+use crate::store::{JournalStore, MemoryStore, MessageStore, StoreError};
 use crate::topic::Topic;
 
 /// Why the broker could not start.
@@ -106,41 +106,33 @@ pub(crate) struct BrokerInner {
 }
 
 impl BrokerInner {
-    /// Whether `(producer, seq)` is new, already stored, or being stored right now (a resend that
-    /// overtook its original, e.g. after a reconnect to the same broker).
-    pub(crate) fn dup_status(&self, producer: &str, seq: u64) -> DupStatus {
-        match self.dup_seen.lock().map.get(producer) {
-            Some(d) if seq <= d.stored => DupStatus::Stored,
-            Some(d) => d
-                .inflight
-                .get(&seq)
-                .map_or(DupStatus::New, |f| DupStatus::InFlight(f.clone())),
-            None => DupStatus::New,
+    /// Checks `(producer, seq)` and, when it is new, reserves it in the same step (under the
+    /// cache's lock): a resend arriving on another connection before this send is durable then
+    /// waits for this send's outcome instead of being stored a second time. The returned ticket
+    /// settles the reservation ([`DupTicket::settle`]); dropping it unsettled counts as failed.
+    pub(crate) fn dup_reserve(self: &Arc<Self>, producer: &Arc<str>, seq: u64) -> DupStatus {
+        let mut cache = self.dup_seen.lock();
+        if let Some(d) = cache.map.get(&**producer) {
+            if seq <= d.stored {
+                return DupStatus::Stored;
+            }
+            if let Some(f) = d.inflight.get(&seq) {
+                return DupStatus::InFlight(f.clone());
+            }
         }
-    }
-
-    /// `(producer, seq)` was submitted to the store: a resend meanwhile waits for its outcome.
-    pub(crate) fn dup_submitted(&self, producer: Arc<str>, seq: u64, durable: SharedDurable) {
-        self.dup_seen
-            .lock()
-            .touch(producer)
-            .inflight
-            .insert(seq, durable);
-    }
-
-    /// `(producer, seq)` is durable.
-    pub(crate) fn record_stored(&self, producer: Arc<str>, seq: u64) {
-        let mut d = self.dup_seen.lock();
-        let e = d.touch(producer);
-        e.stored = e.stored.max(seq);
-        e.inflight.remove(&seq);
-    }
-
-    /// `(producer, seq)` failed to store: a later resend must store it.
-    pub(crate) fn dup_failed(&self, producer: &str, seq: u64) {
-        if let Some(e) = self.dup_seen.lock().map.get_mut(producer) {
-            e.inflight.remove(&seq);
-        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), StoreError>>();
+        let outcome: crate::store::Durable = Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError("the original send was dropped".into())))
+        });
+        let outcome = futures::FutureExt::shared(outcome);
+        cache.touch(producer.clone()).inflight.insert(seq, outcome);
+        DupStatus::New(DupTicket {
+            inner: self.clone(),
+            producer: producer.clone(),
+            seq,
+            tx: Some(tx),
+        })
     }
 
     pub(crate) fn active_connections(&self) -> usize {
@@ -288,11 +280,57 @@ impl DupCache {
     }
 }
 
-/// See [`BrokerInner::dup_status`].
+/// See [`BrokerInner::dup_reserve`].
 pub(crate) enum DupStatus {
-    New,
+    /// Not seen: reserved for this send.
+    New(DupTicket),
+    /// Already durable: confirm, store nothing.
     Stored,
+    /// Being written by another send: answer as that one is answered.
     InFlight(SharedDurable),
+}
+
+/// A reserved `(producer, seq)`: settled once the send is durable or has failed.
+pub(crate) struct DupTicket {
+    inner: Arc<BrokerInner>,
+    producer: Arc<str>,
+    seq: u64,
+    tx: Option<tokio::sync::oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl DupTicket {
+    /// Records the outcome: durable (later resends are duplicates) or failed (a later resend
+    /// must be stored); a resend that waited on this one gets the same outcome.
+    pub(crate) fn settle(mut self, outcome: Result<(), StoreError>) {
+        self.finish(outcome);
+    }
+
+    fn finish(&mut self, outcome: Result<(), StoreError>) {
+        let Some(tx) = self.tx.take() else { return };
+        {
+            let mut cache = self.inner.dup_seen.lock();
+            if let Some(e) = cache.map.get_mut(&*self.producer) {
+                if outcome.is_ok() {
+                    e.stored = e.stored.max(self.seq);
+                }
+                e.inflight.remove(&self.seq);
+            }
+        }
+        let _ = tx.send(outcome);
+    }
+}
+
+impl Drop for DupTicket {
+    fn drop(&mut self) {
+        // Refused before it reached the store (flow control, a full queue): not stored.
+        self.finish(Err(StoreError("the original send was refused".into())));
+    }
+}
+
+impl std::fmt::Debug for DupTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DupTicket({}, {})", self.producer, self.seq)
+    }
 }
 
 /// Puts the journal's live state back: messages on their queues (flagged redelivered, counts

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tandem_protocol::model::Destination;
 use tandem_protocol::selector::Selector;
 use tandem_protocol::wire::{self, AckKind, AckMode};
@@ -20,7 +20,7 @@ use tandem_protocol::{CodecError, ErrorCode, Frame, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
-use crate::broker::{BrokerInner, DupStatus};
+use crate::broker::{BrokerInner, DupStatus, DupTicket};
 use crate::journal::Record;
 use crate::message::{BrokerMessage, Refusal, now_ms};
 use crate::queue::Queue;
@@ -41,12 +41,12 @@ struct Routed {
     msg: Arc<BrokerMessage>,
     targets: Vec<Arc<Queue>>,
     topic: Option<Arc<Topic>>,
-    /// Journaled under this (producer name, sequence): recorded as seen once durable.
-    dup: Option<(Arc<str>, u64)>,
+    /// Journaled under this reserved (producer name, sequence): settled once durable (or failed).
+    dup: Option<DupTicket>,
 }
 
 impl Routed {
-    fn route(self, inner: &BrokerInner) {
+    fn route(self, _inner: &BrokerInner) {
         let now = now_ms();
         for q in &self.targets {
             q.enqueue(self.msg.clone(), now);
@@ -54,8 +54,8 @@ impl Routed {
         if let Some(t) = self.topic {
             t.published();
         }
-        if let Some((producer, seq)) = self.dup {
-            inner.record_stored(producer, seq);
+        if let Some(ticket) = self.dup {
+            ticket.settle(Ok(()));
         }
     }
 }
@@ -117,8 +117,8 @@ async fn confirmer(
                     }
                 }
                 Err(e) => {
-                    if let Some((producer, seq)) = &routed.dup {
-                        inner.dup_failed(producer, *seq);
+                    if let Some(ticket) = routed.dup {
+                        ticket.settle(Err(e.clone()));
                     }
                     inner.stats.sends_refused.fetch_add(1, Ordering::Relaxed);
                     let _ = out.send(Frame::SendFailure(wire::SendFailure {
@@ -703,9 +703,10 @@ impl Connection {
             Vec::new()
         };
         let journaled = !durable_refs.is_empty();
+        let mut ticket = None;
         if journaled {
-            match self.inner.dup_status(&producer_name, s.sequence) {
-                DupStatus::New => {}
+            match self.inner.dup_reserve(&producer_name, s.sequence) {
+                DupStatus::New(t) => ticket = Some(t),
                 DupStatus::Stored => {
                     // A resend of a message already stored (invariant 3): confirm, store nothing.
                     self.inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -720,7 +721,7 @@ impl Connection {
             msg: Arc::new(msg),
             targets,
             topic,
-            dup: journaled.then(|| (producer_name.clone(), s.sequence)),
+            dup: ticket,
         };
         if !journaled {
             if self.pending.load(Ordering::Acquire) == 0 {
@@ -764,10 +765,7 @@ impl Connection {
             .submit(records)
             .await
             .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.0))?;
-        let shared = durable.shared();
-        self.inner
-            .dup_submitted(producer_name, s.sequence, shared.clone());
-        Ok(Accepted::Pending(Box::pin(shared), routed))
+        Ok(Accepted::Pending(durable, routed))
     }
 
     /// Waits for room on every target, up to the producer block timeout.

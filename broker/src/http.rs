@@ -222,6 +222,7 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
     );
     // Security hook: login and authorization counters.
     inner.security.write_metrics(&mut s);
+    inner.store.write_metrics(&mut s);
 
     let queues: Vec<_> = inner
         .queues

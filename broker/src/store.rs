@@ -52,6 +52,8 @@ pub trait MessageStore: Send + Sync + fmt::Debug + 'static {
     fn close(&self) {}
     /// Stops at once without writing anything more (the lane lost its lease); queued work fails.
     fn fence(&self) {}
+    /// Appends the store's counters to `/metrics` (Prometheus text).
+    fn write_metrics(&self, _out: &mut String) {}
 }
 
 /// Keeps nothing; every unit is "durable" at once.
@@ -126,5 +128,53 @@ impl MessageStore for JournalStore {
 
     fn fence(&self) {
         self.journal.fence();
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = self.journal.stats();
+        for (name, help, v) in [
+            (
+                "tandem_journal_appends_total",
+                "Appends (atomic units) submitted.",
+                s.appends,
+            ),
+            (
+                "tandem_journal_batches_total",
+                "Batches written (group commits).",
+                s.batches,
+            ),
+            (
+                "tandem_journal_records_total",
+                "Records written.",
+                s.records,
+            ),
+            ("tandem_journal_bytes_total", "Bytes written.", s.bytes),
+            (
+                "tandem_journal_fsyncs_total",
+                "Segment data syncs.",
+                s.fsyncs,
+            ),
+            (
+                "tandem_journal_failed_batches_total",
+                "Batches that failed (I/O).",
+                s.failed_batches,
+            ),
+            (
+                "tandem_journal_live_segments",
+                "Segment files in use.",
+                s.live_segments,
+            ),
+        ] {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
     }
 }

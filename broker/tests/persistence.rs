@@ -63,6 +63,10 @@ async fn restart_keeps_unacked_persistent_messages_flagged_and_never_returns_ack
     let q = queue("durable.orders");
     let b = Broker::start(config(dir.path())).await.unwrap();
     assert_eq!(b.health().store, "journal");
+    assert!(
+        b.metrics().contains("\ntandem_journal_fsyncs_total "),
+        "journal counters in /metrics"
+    );
     let mut p = Raw::local(&b).await;
     p.session(1, AckMode::Auto).await;
     p.producer(1, 1, Some(&q)).await;
@@ -345,5 +349,35 @@ async fn a_resend_racing_its_original_is_not_stored_twice() {
     let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
     assert_eq!(ns, vec![1], "stored exactly once");
     assert_eq!(b.stats().duplicates.load(Ordering::Relaxed), 1);
+    b.shutdown().await;
+}
+
+/// Eight connections send the same (producer, sequence) at once: one is stored, all are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resends_of_one_message_store_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("race8");
+    let mut options = JournalOptions::new(1);
+    options.sync_delay = Duration::from_millis(50);
+    let b = Broker::start_with_journal(config(dir.path()), options)
+        .await
+        .unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let mut c = Raw::local(&b).await;
+        c.session(1, AckMode::Auto).await;
+        producer_named(&mut c, 1, "racer8", &q).await;
+        conns.push(c);
+    }
+    let sends = conns.into_iter().map(|mut c| {
+        let q = q.clone();
+        tokio::spawn(async move { c.send_msg(1, 1, text(&q, 1, true)).await })
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap().unwrap();
+    }
+    let ns: Vec<i64> = drain(&b, &q).await.iter().map(|g| g.0).collect();
+    assert_eq!(ns, vec![1], "stored exactly once");
+    assert_eq!(b.stats().duplicates.load(Ordering::Relaxed), 7);
     b.shutdown().await;
 }

@@ -155,14 +155,7 @@ impl BrokerInner {
         if !self.config.auto_create {
             return Err(self.missing(d));
         }
-        Ok(self
-            .queues
-            .write()
-            .entry(key.clone())
-            .or_insert_with(|| {
-                self.make_queue(key.1.clone(), key.0 == DestinationKind::Queue, &key.1)
-            })
-            .clone())
+        Ok(self.queue_forced(d))
     }
 
     /// A new queue with the settings that match `settings_name` (its own name, or its topic's).

@@ -384,24 +384,26 @@ impl Writer {
         Ok(())
     }
 
+    /// Fails with `Fenced`, and stops the writer for good, once the write gate says no.
+    fn check_gate(&self, why: &'static str) -> Result<(), JournalError> {
+        match &self.opts.write_gate {
+            Some(gate) if !gate.may_write() => {
+                let err = JournalError::Fenced {
+                    ours: self.shared.epoch,
+                    newer: None,
+                };
+                self.shared.stop(err.clone());
+                tracing::warn!(epoch = self.shared.epoch, "{why}");
+                Err(err)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes `self.buf` (one framed batch) at the end of the active segment and syncs it.
     fn write_durable(&mut self) -> Result<(), JournalError> {
-        if let Some(gate) = &self.opts.write_gate
-            && !gate.may_write()
-        {
-            // The lease is gone (or about to be): not one more byte (invariant 8). Stop for good:
-            // a fenced writer never writes again.
-            let err = JournalError::Fenced {
-                ours: self.shared.epoch,
-                newer: None,
-            };
-            self.shared.stop(err.clone());
-            tracing::warn!(
-                epoch = self.shared.epoch,
-                "journal fenced by the write gate"
-            );
-            return Err(err);
-        }
+        // The lease is gone (or about to be): not one more byte (invariant 8).
+        self.check_gate("journal fenced by the write gate")?;
         let len = self.buf.len() as u64;
         if self.active.offset + len > self.opts.segment_size
             && self.active.offset > SEGMENT_HEADER_LEN as u64
@@ -453,20 +455,7 @@ impl Writer {
         // recovered and sealed this segment without these bytes (an NFS client flushing late).
         // Such a batch must not be confirmed: its appenders get Fenced and resend to the new
         // active, whose duplicate detection drops it if it did become durable.
-        if let Some(gate) = &self.opts.write_gate
-            && !gate.may_write()
-        {
-            let err = JournalError::Fenced {
-                ours: self.shared.epoch,
-                newer: None,
-            };
-            self.shared.stop(err.clone());
-            tracing::warn!(
-                epoch = self.shared.epoch,
-                "lease lost during a sync: batch not confirmed"
-            );
-            return Err(err);
-        }
+        self.check_gate("lease lost during a sync: batch not confirmed")?;
         let c = &self.shared.counters;
         c.write_nanos
             .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);

@@ -31,6 +31,14 @@ struct Lane {
     http: String,
 }
 
+impl Drop for Lane {
+    // A failed run must not leave lane processes behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn lane(name: &str, shared: &Path, port: u16) -> Lane {
     // Until paging lands, a 1M x 1 KiB backlog must fit in memory: raise the per-destination budget.
     let cfg = shared.join(format!("{name}.toml"));
@@ -141,10 +149,8 @@ async fn once(backlog: usize) -> Duration {
         "failover:(tcp://127.0.0.1:{},tcp://127.0.0.1:{})?initialReconnectDelay=5&maxReconnectDelay=20&maxReconnectTime=120000&randomize=false",
         ports[0], ports[1]
     );
-    let mut a = a;
     let t0 = Instant::now();
-    a.child.kill().unwrap();
-    let _ = a.child.wait();
+    drop(a);
     let c = ConnectionFactory::new(&url)
         .unwrap()
         .connect()
@@ -161,9 +167,7 @@ async fn once(backlog: usize) -> Duration {
     let took = t0.elapsed();
     assert_eq!(m.text_body(), Some("probe"));
     c.close().await.unwrap();
-    let mut b = b;
-    let _ = b.child.kill();
-    let _ = b.child.wait();
+    drop(b);
     took
 }
 

@@ -4,6 +4,7 @@
 //! TOML file named by `--config` (or `TANDEM_CONFIG`), environment variables, flags.
 
 mod perf;
+mod provision;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ enum Command {
     User(user::UserArgs),
     /// Load generator: rates, latency histograms and exact-once accounting (docs/BENCHMARKS.md).
     Perf(perf::PerfArgs),
+    /// Tenant spec to resource plan, CloudFormation template or one-machine layout.
+    Provision(provision::ProvisionArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,11 +202,26 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // One readable line with its causes, never a backtrace: these are a user's mistakes (bad
+    // config, taken port), not crashes.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::User(args) = cli.command {
         // No runtime and no log subscriber: a short file edit.
         return user::run(args);
+    }
+    if let Command::Provision(args) = cli.command {
+        return provision::run(args);
     }
     // perf's stdout and stderr are its report and progress: only warnings from the embedded broker.
     let default_log = match cli.command {
@@ -222,7 +240,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
-        Command::User(_) => unreachable!("handled before the runtime starts"),
+        Command::User(_) | Command::Provision(_) => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Perf(args) => {
             let code = rt.block_on(perf::main(args))?;
             drop(rt);

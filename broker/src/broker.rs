@@ -659,7 +659,7 @@ pub(crate) fn connect_local_as(
     peer: crate::security::Peer,
 ) -> LocalLink {
     let (client, server) = local_link_pair(LOCAL_LINK_CAPACITY);
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = crate::session::Outbound::channel();
     let LocalLink { tx, rx } = server;
     inner.tasks.spawn(async move {
         // The writer side of an in-process connection: frames move unencoded.

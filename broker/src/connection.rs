@@ -26,7 +26,7 @@ use crate::message::{BrokerMessage, Refusal, now_ms};
 use crate::queue::Queue;
 use crate::security::acl::Permission;
 use crate::security::{Authenticated, Peer};
-use crate::session::{ConsumerShared, Outbound, SessionShared, Unacked};
+use crate::session::{ConsumerShared, OUTBOUND_HIGH, Outbound, SessionShared, Unacked};
 use crate::store::Durable;
 use crate::topic::{Subscription, Topic};
 
@@ -379,6 +379,16 @@ impl Connection {
         let mut nonce = 0u64;
         let shutdown = self.inner.shutdown.clone();
         loop {
+            if self.out.backlog() > OUTBOUND_HIGH {
+                // The peer is not reading what we send: stop reading it until the writer catches
+                // up (TCP then pushes back on the peer), so its pings and requests cannot pile
+                // answers up in memory. Waiting on purpose is not silence: restart the idle clock.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = self.out.wait_drained() => {}
+                }
+                last_rx = Instant::now();
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::session::{Outbound, OutboundRx};
 use bytes::BytesMut;
 use tandem_protocol::{ErrorCode, Frame, FrameCodec, wire};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use crate::broker::{BrokerError, BrokerInner};
@@ -89,7 +89,7 @@ async fn serve(
         return;
     };
     let (rd, wr) = tokio::io::split(io);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = Outbound::channel();
     inner.tasks.spawn(write_loop(wr, rx));
     let inbound = FramedRead::new(rd, FrameCodec::new(inner.config.max_frame_size));
     crate::connection::run(inner.clone(), inbound, tx, peer, permit).await;
@@ -108,21 +108,18 @@ async fn refuse(mut sock: TcpStream, limit: usize) {
     let _ = sock.shutdown().await;
 }
 
-pub(crate) async fn write_loop(
-    mut wr: impl tokio::io::AsyncWrite + Unpin,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
-) {
+pub(crate) async fn write_loop(mut wr: impl tokio::io::AsyncWrite + Unpin, mut rx: OutboundRx) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'outer: while let Some(first) = rx.recv().await {
         let mut closing = matches!(first, Frame::Close(_));
         first.encode(&mut buf);
         while !closing && buf.len() < MAX_WRITE_BATCH {
             match rx.try_recv() {
-                Ok(f) => {
+                Some(f) => {
                     closing = matches!(f, Frame::Close(_));
                     f.encode(&mut buf);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         // flush: a no-op on TCP, but TLS may hold records back until flushed when the socket

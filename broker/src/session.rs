@@ -15,10 +15,118 @@ use tokio::sync::mpsc;
 
 use crate::queue::{Entry, Queue};
 
-/// Frames to a connection's writer. Unbounded on purpose: deliveries are bounded by the consumers'
-/// windows and answers by the requests the connection sent, so the backlog is bounded by the peer's
-/// own behaviour, and dispatch (which runs under a queue lock) never waits on a slow socket.
-pub type Outbound = mpsc::UnboundedSender<Frame>;
+/// Frames not yet taken by a connection's writer above which the connection task stops reading its
+/// peer (invariant 10): a peer that sends (pings, requests) without reading the answers is pushed
+/// back through TCP instead of growing the broker's memory.
+pub const OUTBOUND_HIGH: usize = 8192;
+/// ... and below which it reads again.
+pub const OUTBOUND_LOW: usize = 4096;
+
+/// Frames to a connection's writer.
+///
+/// The channel never blocks a sender: dispatch runs under a queue lock and must not wait on a slow
+/// socket. It is bounded by the reader instead: the backlog is counted, and the connection task
+/// waits ([`Outbound::wait_drained`]) before reading the next frame while it is above
+/// [`OUTBOUND_HIGH`]. Deliveries are further bounded by the consumers' windows.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<Frame>,
+    backlog: Arc<Backlog>,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    queued: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+/// The writer's end of an [`Outbound`].
+#[derive(Debug)]
+pub struct OutboundRx {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    backlog: Arc<Backlog>,
+}
+
+impl Outbound {
+    /// A new channel.
+    pub fn channel() -> (Outbound, OutboundRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        (
+            Outbound {
+                tx,
+                backlog: backlog.clone(),
+            },
+            OutboundRx { rx, backlog },
+        )
+    }
+
+    /// Queues a frame for the writer; fails when the writer is gone.
+    pub fn send(&self, frame: Frame) -> Result<(), mpsc::error::SendError<Frame>> {
+        self.backlog.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(frame).inspect_err(|_| {
+            self.backlog.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// The writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Frames queued and not yet taken by the writer.
+    pub fn backlog(&self) -> usize {
+        self.backlog.queued.load(Ordering::Acquire)
+    }
+
+    /// Waits until the backlog is at most [`OUTBOUND_LOW`] (or the writer is gone).
+    pub async fn wait_drained(&self) {
+        loop {
+            let drained = self.backlog.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check: a drain between the check and the await is not missed.
+            drained.as_mut().enable();
+            if self.backlog() <= OUTBOUND_LOW || self.is_closed() {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+impl OutboundRx {
+    /// The next frame.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let f = self.rx.recv().await;
+        if f.is_some() {
+            self.took();
+        }
+        f
+    }
+
+    /// The next frame if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        let f = self.rx.try_recv().ok();
+        if f.is_some() {
+            self.took();
+        }
+        f
+    }
+
+    fn took(&self) {
+        if self.backlog.queued.fetch_sub(1, Ordering::AcqRel) == OUTBOUND_LOW + 1 {
+            self.backlog.drained.notify_waiters();
+        }
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        // A reader waiting for a drain must not wait for a writer that is gone.
+        self.rx.close();
+        self.backlog.drained.notify_waiters();
+    }
+}
 
 /// A delivery the session has not acknowledged yet.
 #[derive(Debug)]

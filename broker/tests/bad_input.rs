@@ -276,3 +276,35 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     assert_eq!(error_code(&frames), Some(ErrorCode::IllegalState));
     b.shutdown().await;
 }
+
+/// A peer that sends without ever reading (a ping flood) is pushed back through TCP: the broker
+/// stops reading it once its answers pile up, instead of queueing them in memory without bound
+/// (invariant 10). Other clients keep being served.
+#[tokio::test]
+async fn a_peer_that_never_reads_is_pushed_back_not_buffered() {
+    let b = broker_tcp().await;
+    let mut good = good_client(&b).await;
+    let mut s = TcpStream::connect(b.local_addr().unwrap()).await.unwrap();
+    s.write_all(&connect_bytes()).await.unwrap();
+    // 1,000 pings per write, up to 3M pings (~30 MB): far more than socket buffers hold.
+    let mut chunk = BytesMut::new();
+    for nonce in 0..1000 {
+        Frame::Ping(wire::Ping { nonce }).encode(&mut chunk);
+    }
+    let mut stalled = None;
+    for i in 0..3000 {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), s.write_all(&chunk))
+            .await
+            .is_err()
+        {
+            stalled = Some(i);
+            break;
+        }
+    }
+    let stalled = stalled.expect("the broker kept reading a peer that never reads");
+    eprintln!("pushed back after {} pings", stalled * 1000);
+    healthy_round_trip(&mut good, 1).await;
+    drop(s);
+    healthy_round_trip(&mut good, 2).await;
+    b.shutdown().await;
+}

@@ -186,12 +186,18 @@ pub fn wait_health(http: SocketAddr, want: u16) -> Duration {
     }
 }
 
+/// Sends a signal ("TERM", "STOP", "CONT", "KILL") to a process, without any external tool.
 pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "kill -{sig} {pid}");
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match sig {
+        "TERM" => Signal::TERM,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "KILL" => Signal::KILL,
+        other => panic!("signal {other} is not used by the tests"),
+    };
+    let pid = Pid::from_raw(pid as i32).expect("a live child has a positive pid");
+    kill_process(pid, sig).unwrap_or_else(|e| panic!("signal {sig:?} to {pid:?}: {e}"));
 }
 
 fn wait_exit(child: &mut Child) -> Option<i32> {

@@ -38,11 +38,25 @@ pub(crate) async fn start(
         source,
     })?;
     let tasks = inner.tasks.clone();
-    tasks.spawn(accept_loop(inner, listener));
+    tasks.spawn(accept_loop(inner, listener, "native", serve, refuse));
     Ok(bound)
 }
 
-async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
+/// Accepts until shutdown under the broker-wide connection limit: `serve` runs each admitted
+/// socket (on its own task), `refuse` answers one over the limit in the listener's protocol.
+/// Shared by the native and STOMP listeners.
+pub(crate) async fn accept_loop<S, SF, R, RF>(
+    inner: Arc<BrokerInner>,
+    listener: TcpListener,
+    what: &'static str,
+    serve: S,
+    refuse: R,
+) where
+    S: Fn(Arc<BrokerInner>, TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit) -> SF,
+    SF: std::future::Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream, usize) -> RF,
+    RF: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -60,7 +74,7 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
                             .stats
                             .connections_refused
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, "connection limit reached; refusing");
+                        tracing::warn!(%peer, listener = what, "connection limit reached; refusing");
                         inner
                             .tasks
                             .spawn(refuse(sock, inner.config.max_connections));
@@ -69,7 +83,7 @@ async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, listener = what, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

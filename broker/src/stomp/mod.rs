@@ -14,7 +14,6 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::SinkExt;
 use tandem_protocol::stomp::{Item, StompCodec, StompFrame};
@@ -38,54 +37,29 @@ pub(crate) async fn start(
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     let tasks = inner.tasks.clone();
-    tasks.spawn(accept_loop(inner, listener));
+    tasks.spawn(crate::listener::accept_loop(
+        inner, listener, "stomp", serve_one, refuse,
+    ));
     Ok(bound)
 }
 
-async fn accept_loop(inner: Arc<BrokerInner>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            _ = inner.shutdown.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                match inner.permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        // `instrument`, not `span.enter()`: the task suspends, the span must not
-                        // stay entered on the thread.
-                        let span = tracing::debug_span!("stomp", %peer);
-                        let inner2 = inner.clone();
-                        let serve = async move {
-                            let listener = crate::tls::Listener::Stomp;
-                            if let Some((io, who)) =
-                                crate::tls::accept(&inner2, sock, peer, listener).await
-                            {
-                                session::serve(inner2, io, who, permit).await;
-                            }
-                        };
-                        inner.tasks.spawn(serve.instrument(span));
-                    }
-                    Err(_) => {
-                        inner
-                            .stats
-                            .connections_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, "connection limit reached; refusing STOMP client");
-                        inner
-                            .tasks
-                            .spawn(refuse(sock, inner.config.max_connections));
-                    }
-                }
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "STOMP accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+/// One admitted STOMP socket: TLS per the listener's mode, then the translating session.
+async fn serve_one(
+    inner: Arc<BrokerInner>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    // `instrument`, not `span.enter()`: the task suspends, the span must not stay entered on the
+    // thread.
+    let span = tracing::debug_span!("stomp", %peer);
+    let serve = async move {
+        let listener = crate::tls::Listener::Stomp;
+        if let Some((io, who)) = crate::tls::accept(&inner, sock, peer, listener).await {
+            session::serve(inner, io, who, permit).await;
         }
-    }
+    };
+    serve.instrument(span).await;
 }
 
 async fn refuse(sock: TcpStream, limit: usize) {

@@ -80,6 +80,8 @@ pub(crate) struct BrokerInner {
     pub queues: RwLock<HashMap<DestinationKey, Arc<Queue>>>,
     pub topics: RwLock<HashMap<DestinationKey, Arc<Topic>>>,
     pub next_message_id: AtomicU64,
+    /// Journal transaction ids: above every id the journal has seen, never reused.
+    pub next_tx_id: AtomicU64,
     pub next_connection_id: AtomicU64,
     pub next_consumer_key: AtomicU64,
     pub permits: Arc<Semaphore>,
@@ -334,6 +336,9 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
     inner
         .next_message_id
         .store(recovered.max_msg_id + 1, Ordering::Relaxed);
+    inner
+        .next_tx_id
+        .store(recovered.max_tx_id + 1, Ordering::Relaxed);
     {
         let mut dup = inner.dup_seen.lock();
         for (producer, seqs) in &recovered.dup_ids {
@@ -462,6 +467,7 @@ impl Broker {
             queues: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
             next_message_id: AtomicU64::new(1),
+            next_tx_id: AtomicU64::new(1),
             next_connection_id: AtomicU64::new(1),
             next_consumer_key: AtomicU64::new(1),
             client_ids: Mutex::new(HashSet::new()),

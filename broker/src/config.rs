@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     /// How long a send to a full destination waits for room before failing with DestinationFull, in
     /// ms; 0: fail at once.
     pub producer_block_timeout_ms: u64,
+    /// Most bytes of messages one open transaction may hold (they wait in memory for the commit);
+    /// a send beyond it is refused and the transaction can only roll back.
+    pub max_transaction_bytes: usize,
     /// How long shutdown waits for connections to flush and close, in ms.
     pub shutdown_timeout_ms: u64,
     /// Journal persistent messages in `data_dir/journal` (off: memory only, nothing survives).
@@ -92,6 +95,7 @@ impl Default for BrokerConfig {
             auto_create: true,
             destination_memory_limit: 256 * 1024 * 1024,
             producer_block_timeout_ms: 5_000,
+            max_transaction_bytes: 64 * 1024 * 1024,
             shutdown_timeout_ms: 5_000,
             persistence: true,
             journal_epoch: 1,
@@ -176,6 +180,11 @@ impl BrokerConfig {
         check(
             self.destination_memory_limit >= self.max_message_size.min(1 << 20),
             "destination_memory_limit",
+            "must hold at least one message of max_message_size (or 1 MiB)".into(),
+        );
+        check(
+            self.max_transaction_bytes >= self.max_message_size.min(1 << 20),
+            "max_transaction_bytes",
             "must hold at least one message of max_message_size (or 1 MiB)".into(),
         );
         check(

@@ -34,6 +34,25 @@ struct Producer {
     /// The stable name: with the sequence, the duplicate-detection key.
     name: Arc<str>,
     destination: Option<Destination>,
+    session_id: u64,
+}
+
+/// The open transaction of a transacted session: its sends wait here, checked and routed but
+/// neither journaled nor enqueued, until the commit makes them durable and visible together with
+/// the session's acknowledgements (one journal transaction: all or nothing after a crash).
+#[derive(Default)]
+struct TxState {
+    sends: Vec<TxSend>,
+    /// Bytes of `sends`, bounded by `max_transaction_bytes`.
+    bytes: usize,
+    /// Why the transaction can only roll back (a send in it was refused).
+    doomed: Option<String>,
+}
+
+struct TxSend {
+    routed: Routed,
+    /// The durable queues the message is journaled for at commit (empty: nothing to write).
+    durable_refs: Vec<String>,
 }
 
 /// A send that passed every check: where it goes.
@@ -87,6 +106,17 @@ enum Confirm {
     },
     /// Answer a request (an ack the client waits for) once its records are durable.
     Reply { durable: Durable, request_id: u64 },
+    /// A transaction's commit: once durable, its sends are routed and its acks applied, in that
+    /// order and before anything submitted after it; if the store fails it is rolled back.
+    Commit {
+        durable: Durable,
+        sends: Vec<Routed>,
+        acked: Vec<Unacked>,
+        key: Option<DupTicket>,
+        request_id: u64,
+    },
+    /// A commit asked about after a lost link, whose original is still being written.
+    Resolve { durable: Durable, request_id: u64 },
 }
 
 /// Finishes a connection's pending sends and replies in order. Completions resolve in journal
@@ -154,6 +184,58 @@ async fn confirmer(
                     }));
                 }
             },
+            Confirm::Commit {
+                durable,
+                sends,
+                acked,
+                key,
+                request_id,
+            } => {
+                let frame = match durable.await {
+                    Ok(()) => {
+                        for routed in sends {
+                            routed.route(&inner);
+                        }
+                        ack_on_queues(acked);
+                        if let Some(k) = key {
+                            k.settle(Ok(()));
+                        }
+                        Frame::Ok(wire::Ok {
+                            request_id,
+                            last_delivery_id: 0,
+                        })
+                    }
+                    Err(e) => {
+                        if let Some(k) = key {
+                            k.settle(Err(e.clone()));
+                        }
+                        requeue(&inner, acked.into_iter().map(|u| (u, true)), now_ms());
+                        Frame::error(
+                            request_id,
+                            ErrorCode::TransactionRolledBack,
+                            format!("the commit could not be made durable, rolled back: {}", e.0),
+                        )
+                    }
+                };
+                let _ = out.send(frame);
+            }
+            Confirm::Resolve {
+                durable,
+                request_id,
+            } => {
+                let frame = match durable.await {
+                    Ok(()) => Frame::Ok(wire::Ok {
+                        request_id,
+                        last_delivery_id: 0,
+                    }),
+                    Err(e) => Frame::error(
+                        request_id,
+                        ErrorCode::TransactionRolledBack,
+                        format!("the transaction was not committed: {}", e.0),
+                    ),
+                };
+                let _ = out.send(frame);
+            }
             Confirm::Reply {
                 durable,
                 request_id,
@@ -208,6 +290,8 @@ struct Connection {
     confirm: mpsc::UnboundedSender<Confirm>,
     /// How many of them are in flight (the fast path routes inline only when none are).
     pending: Arc<AtomicUsize>,
+    /// The open transaction of each transacted session (and only of those).
+    txs: HashMap<u64, TxState>,
 }
 
 /// Serves one connection until the peer leaves, an error closes it, or the broker shuts down.
@@ -251,6 +335,7 @@ pub(crate) async fn run<S>(
         consumers: HashMap::new(),
         confirm,
         pending,
+        txs: HashMap::new(),
     };
     conn.serve(&mut inbound, heartbeat).await;
     conn.cleanup();
@@ -451,6 +536,13 @@ impl Connection {
     async fn handle(&mut self, frame: Frame) -> ControlFlow<()> {
         match frame {
             Frame::Send(s) => self.on_send(s).await,
+            Frame::Ack(a) if self.txs.contains_key(&a.session_id) => self.reply(
+                a.request_id,
+                Err(illegal(format!(
+                    "session {} is transacted: its deliveries are acknowledged by commit",
+                    a.session_id
+                ))),
+            ),
             Frame::Ack(a) => match self.on_ack(&a).await {
                 // The client waits: answer once the ack is durable, so an acknowledged message
                 // never comes back after a crash (invariant 2). Without a request id the ack is
@@ -522,9 +614,25 @@ impl Connection {
                 let r = self.on_consumer_close(c.consumer_id, Some(c.last_consumed));
                 self.reply(c.request_id, r);
             }
-            Frame::TxBegin(t) => self.reply(t.request_id, Err(no_transactions())),
-            Frame::TxCommit(t) => self.reply(t.request_id, Err(no_transactions())),
-            Frame::TxRollback(t) => self.reply(t.request_id, Err(no_transactions())),
+            Frame::TxBegin(t) => {
+                let r = self.transacted(t.session_id).map(drop);
+                self.reply(t.request_id, r);
+            }
+            Frame::TxCommit(t) => {
+                let request_id = t.request_id;
+                if let Err(r) = self.on_commit(t).await {
+                    self.reply(request_id, Err(r));
+                }
+            }
+            Frame::TxRollback(t) => match self.on_rollback(&t) {
+                Ok(mark) => {
+                    let _ = self.out.send(Frame::Ok(wire::Ok {
+                        request_id: t.request_id,
+                        last_delivery_id: mark,
+                    }));
+                }
+                Err(r) => self.reply(t.request_id, Err(r)),
+            },
             Frame::Ping(p) => {
                 let _ = self.out.send(Frame::Pong(wire::Pong { nonce: p.nonce }));
             }
@@ -569,7 +677,9 @@ impl Connection {
             )));
         }
         match AckMode::try_from(s.ack_mode) {
-            Ok(AckMode::Transacted) => return Err(no_transactions()),
+            Ok(AckMode::Transacted) => {
+                self.txs.insert(s.session_id, TxState::default());
+            }
             Ok(_) => {}
             Err(_) => return Err(illegal(format!("unknown ack mode {}", s.ack_mode))),
         }
@@ -604,13 +714,20 @@ impl Connection {
         } else {
             p.producer_name.as_str().into()
         };
-        self.producers
-            .insert(p.producer_id, Producer { name, destination });
+        self.producers.insert(
+            p.producer_id,
+            Producer {
+                name,
+                destination,
+                session_id: p.session_id,
+            },
+        );
         Ok(())
     }
 
     async fn on_send(&mut self, s: wire::Send) {
         let (producer_id, sequence, receipt) = (s.producer_id, s.sequence, s.receipt);
+        let tx_session = self.producers.get(&producer_id).map(|p| p.session_id);
         let failure = match self.accept(s).await {
             Ok(Accepted::Done) => {
                 if receipt {
@@ -651,6 +768,17 @@ impl Connection {
             }
             Err(r) => r,
         };
+        // A refused send in a transaction leaves it incomplete: it can only roll back (JMS lets
+        // the application go on and learn it at commit).
+        if let Some(tx) = tx_session.and_then(|sid| self.txs.get_mut(&sid))
+            && tx.doomed.is_none()
+        {
+            tx.doomed = Some(format!(
+                "a send in it was refused ({}: {})",
+                failure.code.name(),
+                failure.message
+            ));
+        }
         self.inner
             .stats
             .sends_refused
@@ -672,6 +800,7 @@ impl Connection {
             ));
         };
         let producer_name = producer.name.clone();
+        let session_id = producer.session_id;
         let now = now_ms();
         let id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
         let max = self.inner.config.max_message_size;
@@ -712,6 +841,9 @@ impl Connection {
         } else {
             Vec::new()
         };
+        if self.txs.contains_key(&session_id) {
+            return self.accept_in_tx(session_id, msg, targets, topic, durable_refs).await;
+        }
         let journaled = !durable_refs.is_empty();
         let mut ticket = None;
         if journaled {
@@ -776,6 +908,253 @@ impl Connection {
             .await
             .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.0))?;
         Ok(Accepted::Pending(durable, routed))
+    }
+
+    /// A send in a transacted session: checked and flow-controlled now, held until the commit.
+    async fn accept_in_tx(
+        &mut self,
+        session_id: u64,
+        msg: BrokerMessage,
+        targets: Vec<Arc<Queue>>,
+        topic: Option<Arc<Topic>>,
+        durable_refs: Vec<String>,
+    ) -> Result<Accepted, Refusal> {
+        self.flow_control(&msg, &targets).await?;
+        let limit = self.inner.config.max_transaction_bytes;
+        let size = msg.size();
+        let Some(tx) = self.txs.get_mut(&session_id) else {
+            // Closed while this send waited for room.
+            return Err(unknown_session(session_id));
+        };
+        if tx.bytes + size > limit {
+            return Err(Refusal::new(
+                ErrorCode::TransactionRolledBack,
+                format!(
+                    "the transaction would hold {} bytes of messages, more than \
+                     max_transaction_bytes ({limit}): it can only roll back",
+                    tx.bytes + size
+                ),
+            ));
+        }
+        tx.bytes += size;
+        tx.sends.push(TxSend {
+            routed: Routed {
+                msg: Arc::new(msg),
+                targets,
+                topic,
+                dup: None,
+            },
+            durable_refs,
+        });
+        Ok(Accepted::Done)
+    }
+
+    fn transacted(&mut self, session_id: u64) -> Result<&mut TxState, Refusal> {
+        if !self.sessions.contains_key(&session_id) {
+            return Err(unknown_session(session_id));
+        }
+        self.txs
+            .get_mut(&session_id)
+            .ok_or_else(|| illegal(format!("session {session_id} is not transacted")))
+    }
+
+    /// Commits a transacted session's transaction; the answer comes later (through the confirmer)
+    /// unless this returns an error.
+    async fn on_commit(&mut self, c: wire::TxCommit) -> Result<(), Refusal> {
+        self.transacted(c.session_id)?;
+        let key: Option<Arc<str>> = (!c.tx_name.is_empty()).then(|| c.tx_name.as_str().into());
+        if c.resolve {
+            return self.on_resolve(key, c.tx_seq, c.request_id);
+        }
+        let session = self.sessions[&c.session_id].clone();
+        // Take what the commit acknowledges out of the sessions now: from here on it belongs to
+        // this commit (applied once durable, given back if it fails).
+        let mut acked = take_consumed(&session, &c.consumed);
+        for a in &c.acks {
+            let Some(other) = self.sessions.get(&a.session_id) else {
+                requeue_all(&self.inner, acked);
+                return Err(unknown_session(a.session_id));
+            };
+            match take_acked(other, a) {
+                Ok(mut t) => acked.append(&mut t),
+                Err(r) => {
+                    requeue_all(&self.inner, acked);
+                    return Err(r);
+                }
+            }
+        }
+        let tx = std::mem::take(self.transacted(c.session_id)?);
+        if let Some(reason) = tx.doomed {
+            requeue(&self.inner, acked.into_iter().map(|u| (u, true)), now_ms());
+            return Err(Refusal::new(
+                ErrorCode::TransactionRolledBack,
+                format!("the transaction was rolled back: {reason}"),
+            ));
+        }
+        let now = now_ms();
+        let mut ops = Vec::new();
+        if self.inner.store.persistent() {
+            for send in &tx.sends {
+                if send.durable_refs.is_empty() {
+                    continue;
+                }
+                let msg = &send.routed.msg;
+                ops.push(Record::AddMessage {
+                    msg_id: msg.id,
+                    encoded: msg.encoded.clone(),
+                });
+                let deliver_at = msg.headers.delivery_time;
+                for queue in &send.durable_refs {
+                    ops.push(Record::AddRef {
+                        msg_id: msg.id,
+                        queue: queue.clone(),
+                    });
+                    if deliver_at > now {
+                        ops.push(Record::ScheduledDelivery {
+                            msg_id: msg.id,
+                            queue: queue.clone(),
+                            deliver_at_ms: deliver_at as u64,
+                        });
+                    }
+                }
+            }
+            for u in &acked {
+                if u.queue.is_durable() && u.entry.msg.persistent {
+                    ops.push(Record::AckRef {
+                        msg_id: u.entry.msg.id,
+                        queue: u.queue.name().to_string(),
+                    });
+                }
+            }
+        }
+        let mut ticket = None;
+        if let Some(name) = &key {
+            match self.inner.dup_reserve(name, c.tx_seq) {
+                DupStatus::New(t) => ticket = Some(t),
+                DupStatus::Stored | DupStatus::InFlight(_) => {
+                    requeue(&self.inner, acked.into_iter().map(|u| (u, true)), now);
+                    return Err(illegal(format!(
+                        "transaction {name:?} #{} was already committed or resolved",
+                        c.tx_seq
+                    )));
+                }
+            }
+        }
+        let sends: Vec<Routed> = tx.sends.into_iter().map(|s| s.routed).collect();
+        let durable: Durable = if ops.is_empty() {
+            // Nothing to write: the commit is decided now (in memory, like the messages).
+            if let Some(t) = ticket.take() {
+                t.settle(Ok(()));
+            }
+            if self.pending.load(Ordering::Acquire) == 0 {
+                for routed in sends {
+                    routed.route(&self.inner);
+                }
+                ack_on_queues(acked);
+                self.reply(c.request_id, Ok(()));
+                return Ok(());
+            }
+            Box::pin(std::future::ready(Ok(())))
+        } else {
+            let tx_id = self.inner.next_tx_id.fetch_add(1, Ordering::Relaxed);
+            let mut records: Vec<Record> = ops
+                .into_iter()
+                .map(|op| Record::Tx {
+                    tx_id,
+                    op: Box::new(op),
+                })
+                .collect();
+            if let Some(name) = &key {
+                records.push(Record::Tx {
+                    tx_id,
+                    op: Box::new(Record::DupId {
+                        producer: name.to_string(),
+                        seq: c.tx_seq,
+                    }),
+                });
+            }
+            records.push(Record::TxCommit { tx_id });
+            match self.inner.store.submit(records).await {
+                Ok(d) => d,
+                Err(e) => {
+                    if let Some(t) = ticket {
+                        t.settle(Err(e.clone()));
+                    }
+                    requeue(&self.inner, acked.into_iter().map(|u| (u, true)), now);
+                    return Err(Refusal::new(
+                        ErrorCode::TransactionRolledBack,
+                        format!("the commit could not be written, rolled back: {}", e.0),
+                    ));
+                }
+            }
+        };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let commit = Confirm::Commit {
+            durable,
+            sends,
+            acked,
+            key: ticket,
+            request_id: c.request_id,
+        };
+        if let Err(mpsc::error::SendError(Confirm::Commit { acked, .. })) = self.confirm.send(commit) {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            requeue(&self.inner, acked.into_iter().map(|u| (u, true)), now);
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                "the connection's confirmer stopped",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A commit whose answer was lost with its link: committed (or being written), or never —
+    /// and then never: the key is burnt, so a late copy of the original commit cannot apply.
+    fn on_resolve(
+        &mut self,
+        key: Option<Arc<str>>,
+        seq: u64,
+        request_id: u64,
+    ) -> Result<(), Refusal> {
+        let Some(name) = key else {
+            return Err(illegal("resolve needs the transaction's tx_name".into()));
+        };
+        match self.inner.dup_reserve(&name, seq) {
+            DupStatus::Stored => self.reply(request_id, Ok(())),
+            DupStatus::InFlight(original) => {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                let c = Confirm::Resolve {
+                    durable: Box::pin(original),
+                    request_id,
+                };
+                if self.confirm.send(c).is_err() {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Refusal::new(
+                        ErrorCode::Internal,
+                        "the connection's confirmer stopped",
+                    ));
+                }
+            }
+            DupStatus::New(ticket) => {
+                ticket.settle(Ok(()));
+                return Err(Refusal::new(
+                    ErrorCode::TransactionRolledBack,
+                    format!("transaction {name:?} #{seq} was not committed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls a transacted session's transaction back: its sends are dropped, and what its
+    /// consumers received goes back as by recover. Returns the delivery-id mark.
+    fn on_rollback(&mut self, t: &wire::TxRollback) -> Result<u64, Refusal> {
+        *self.transacted(t.session_id)? = TxState::default();
+        self.on_nack(&wire::Nack {
+            session_id: t.session_id,
+            request_id: t.request_id,
+            consumed: t.consumed.clone(),
+            delivery_id: 0,
+        })
     }
 
     /// Waits for room on every target, up to the producer block timeout.
@@ -915,6 +1294,8 @@ impl Connection {
         let Some(session) = self.sessions.remove(&session_id) else {
             return Err(unknown_session(session_id));
         };
+        // An open transaction ends with its session: rolled back.
+        self.txs.remove(&session_id);
         let ids: Vec<u64> = self
             .consumers
             .iter()
@@ -1109,9 +1490,61 @@ fn unknown_consumer(id: u64) -> Refusal {
     )
 }
 
-fn no_transactions() -> Refusal {
-    Refusal::new(
-        ErrorCode::NotImplemented,
-        "transacted sessions are not supported yet",
-    )
+/// Takes out of `session` every delivery of each listed consumer up to its position.
+fn take_consumed(session: &SessionShared, consumed: &[wire::ConsumerPosition]) -> Vec<Unacked> {
+    let mut u = session.unacked.lock();
+    let ids: Vec<u64> = u
+        .iter()
+        .filter(|(id, d)| {
+            consumed
+                .iter()
+                .any(|p| p.consumer_id == d.consumer_id && **id <= p.delivery_id)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    ids.into_iter().filter_map(|id| u.remove(&id)).collect()
+}
+
+/// Takes out of `session` what one ack covers.
+fn take_acked(session: &SessionShared, a: &wire::Ack) -> Result<Vec<Unacked>, Refusal> {
+    let mut u = session.unacked.lock();
+    let taken: Vec<Unacked> = match AckKind::try_from(a.kind) {
+        Ok(AckKind::Individual) => u.remove(&a.delivery_id).into_iter().collect(),
+        Ok(AckKind::Cumulative) => {
+            let ids: Vec<u64> = u
+                .range(..=a.delivery_id)
+                .filter(|(_, d)| d.consumer_id == a.consumer_id)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| u.remove(&id)).collect()
+        }
+        Err(_) => return Err(illegal(format!("unknown ack kind {}", a.kind))),
+    };
+    if taken.is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::UnknownDelivery,
+            format!(
+                "delivery {} is not unacknowledged in session {}",
+                a.delivery_id, a.session_id
+            ),
+        ));
+    }
+    Ok(taken)
+}
+
+/// Gives deliveries taken for an ack back unchanged (the ack was refused before it applied).
+fn requeue_all(inner: &Arc<BrokerInner>, items: Vec<Unacked>) {
+    requeue(inner, items.into_iter().map(|u| (u, false)), now_ms());
+}
+
+/// Applies acknowledgements on their queues.
+fn ack_on_queues(acked: Vec<Unacked>) {
+    let now = now_ms();
+    for (queue, items) in group_by_queue(
+        acked
+            .into_iter()
+            .map(|u| (u.queue, (u.consumer_key, u.entry))),
+    ) {
+        queue.ack(items, now);
+    }
 }

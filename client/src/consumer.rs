@@ -336,7 +336,12 @@ impl Consumer {
                             pos.pending = 0;
                         }
                     }
-                    AckMode::Client | AckMode::Individual | AckMode::Transacted => {}
+                    AckMode::Transacted => {
+                        if let Some(tx) = sess.tx.as_mut() {
+                            tx.dirty = true;
+                        }
+                    }
+                    AckMode::Client | AckMode::Individual => {}
                 }
             }
             d

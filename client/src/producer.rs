@@ -247,7 +247,9 @@ impl Producer {
         // With failover a persistent send is kept until confirmed, to be resent on a new link;
         // what is kept is bounded too.
         let mut keep = None;
-        if receipt && shared.failover_enabled() {
+        // A transaction's sends are not resent: a lost link dooms the transaction instead.
+        let transacted = self.session.ack_mode == crate::session::AckMode::Transacted;
+        if receipt && shared.failover_enabled() && !transacted {
             let cost = frame.wire_len().min(shared.unconfirmed_budget_bytes) as u32;
             let permit = shared
                 .unconfirmed_budget
@@ -273,8 +275,11 @@ impl Producer {
             {
                 let mut st = shared.lock();
                 st.check_open()?;
-                if !st.sessions.contains_key(&self.session.id) {
+                let Some(sess) = st.sessions.get_mut(&self.session.id) else {
                     return Err(Error::Closed("session"));
+                };
+                if let Some(tx) = sess.tx.as_mut() {
+                    tx.dirty = true;
                 }
                 if st.up {
                     let rx = receipt.then(|| {

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::consumer::{Consumer, ConsumerBuilder};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
-use crate::shared::{AfterAnswer, OnLoss, Position, SessionState, Shared, State};
+use crate::shared::{AfterAnswer, OnLoss, Position, SessionState, Shared, State, TxClient};
 
 /// How a session acknowledges what its consumers receive (JMS acknowledge modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,7 +25,8 @@ pub enum AckMode {
     DupsOk,
     /// [`crate::Received::ack`] acknowledges that one message.
     Individual,
-    /// Transacted sessions: not implemented yet ([`Error::Unsupported`]).
+    /// A local transaction: sends and acknowledgements take effect together at
+    /// [`Session::commit`]; [`Session::rollback`] drops the sends and redelivers what was received.
     Transacted,
 }
 
@@ -153,11 +154,6 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) async fn open(shared: Arc<Shared>, ack_mode: AckMode) -> Result<Session> {
-        if ack_mode == AckMode::Transacted {
-            return Err(Error::Unsupported(
-                "transacted sessions arrive with the JMS issue",
-            ));
-        }
         let session_id = shared.next_id();
         shared.ready().await?;
         let (id, rx) = {
@@ -182,6 +178,12 @@ impl Session {
                     stale_up_to: 0,
                     held: Vec::new(),
                     positions: BTreeMap::new(),
+                    tx: (ack_mode == AckMode::Transacted).then(|| TxClient {
+                        name: format!("{}:tx", crate::producer::unique_name()),
+                        seq: 0,
+                        dirty: false,
+                        doomed: None,
+                    }),
                 },
             );
             r
@@ -243,6 +245,28 @@ impl Session {
     /// unchanged. Deliveries still on their way when the broker took the `Nack` are dropped on
     /// arrival (the broker has taken them back too).
     pub async fn recover(&self) -> Result<()> {
+        if self.core.ack_mode == AckMode::Transacted {
+            return Err(Error::InvalidArgument(
+                "recover() on a transacted session: use rollback()",
+            ));
+        }
+        self.take_back(|session_id, request_id, consumed| {
+            Frame::Nack(wire::Nack {
+                session_id,
+                request_id,
+                consumed,
+                delivery_id: 0,
+            })
+        })
+        .await
+    }
+
+    /// Recover and rollback: drops the local buffers and has the broker take back everything
+    /// unacknowledged in the session, telling it how far the application got per consumer.
+    async fn take_back(
+        &self,
+        frame: impl FnOnce(u64, u64, Vec<wire::ConsumerPosition>) -> Frame,
+    ) -> Result<()> {
         let shared = &self.core.shared;
         let session_id = self.core.id;
         let (id, rx) = {
@@ -270,15 +294,7 @@ impl Session {
             {
                 slot.buffer.clear();
             }
-            let consumed: Vec<wire::ConsumerPosition> = sess
-                .positions
-                .iter()
-                .filter(|(_, p)| p.handed > 0)
-                .map(|(cid, p)| wire::ConsumerPosition {
-                    consumer_id: *cid,
-                    delivery_id: p.handed,
-                })
-                .collect();
+            let consumed = handed_positions(sess, |p| p.handed > 0);
             // Everything unacknowledged goes back: nothing is left to acknowledge.
             for p in sess.positions.values_mut() {
                 *p = Position {
@@ -292,19 +308,160 @@ impl Session {
             sess.recovering += 1;
             shared.request_locked_on_loss(
                 &mut st,
-                |request_id| {
-                    Frame::Nack(wire::Nack {
-                        session_id,
-                        request_id,
-                        consumed,
-                        delivery_id: 0,
-                    })
-                },
+                |request_id| frame(session_id, request_id, consumed),
                 AfterAnswer::EndRecover(session_id),
                 OnLoss::Succeed,
             )?
         };
         shared.wait(id, rx).await
+    }
+
+    /// JMS `Session.commit()`: every message sent in the session since the last commit or
+    /// rollback, and the acknowledgement of every message its consumers handed to the application
+    /// since then, take effect together, durably, or not at all. Messages prefetched but not yet
+    /// received stay for the next transaction.
+    ///
+    /// Fails with [`Error::TransactionRolledBack`] when the transaction could not commit and was
+    /// rolled back instead (a send in it was refused; the store failed; the connection failed over
+    /// while it was open): the application may run it again. If the link is lost while the commit
+    /// itself is on its way, the client asks the broker on the next link whether it committed
+    /// (commits carry an id the broker's duplicate detection keeps) and answers accordingly, so a
+    /// commit is never reported rolled back when it took effect, nor the reverse.
+    pub async fn commit(&self) -> Result<()> {
+        let shared = &self.core.shared;
+        let session_id = self.core.id;
+        let deadline = tokio::time::Instant::now() + shared.settings.request_timeout;
+        shared.wait_up(deadline).await?;
+        let doomed = {
+            let mut st = shared.lock();
+            st.check_open()?;
+            let sess = st
+                .sessions
+                .get_mut(&session_id)
+                .ok_or(Error::Closed("session"))?;
+            let tx = sess.tx.as_mut().ok_or(Error::InvalidArgument(
+                "commit() on a session that is not transacted",
+            ))?;
+            tx.doomed.take()
+        };
+        if let Some(reason) = doomed {
+            // Whatever the new link carried of it (sends, deliveries) is dropped too.
+            self.rollback().await?;
+            return Err(Error::TransactionRolledBack(reason));
+        }
+        let (id, rx, generation, name, seq) = {
+            let mut st = shared.lock();
+            st.check_open()?;
+            let generation = st.generation;
+            let sess = st
+                .sessions
+                .get_mut(&session_id)
+                .ok_or(Error::Closed("session"))?;
+            let consumed = handed_positions(sess, |p| p.handed > p.acked);
+            let tx = sess.tx.as_mut().ok_or(Error::InvalidArgument(
+                "commit() on a session that is not transacted",
+            ))?;
+            tx.seq += 1;
+            tx.dirty = false;
+            let (name, seq) = (tx.name.clone(), tx.seq);
+            let tx_name = name.clone();
+            let (id, rx) = shared.request_locked_on_loss(
+                &mut st,
+                |request_id| {
+                    Frame::TxCommit(wire::TxCommit {
+                        request_id,
+                        session_id,
+                        consumed,
+                        tx_name,
+                        tx_seq: seq,
+                        resolve: false,
+                        acks: Vec::new(),
+                    })
+                },
+                AfterAnswer::None,
+                OnLoss::Fail,
+            )?;
+            (id, rx, generation, name, seq)
+        };
+        let r = shared.wait(id, rx).await.map_err(commit_error);
+        let lost = shared.lock().generation != generation;
+        let r = match r {
+            Err(e) if lost && e.is_connection_error() => {
+                self.resolve_commit(name, seq, deadline).await
+            }
+            r => r,
+        };
+        // Committed, or rolled back by the broker: either way what was handed is settled.
+        if matches!(r, Ok(()) | Err(Error::TransactionRolledBack(_)))
+            && let Some(sess) = shared.lock().sessions.get_mut(&session_id)
+        {
+            for p in sess.positions.values_mut() {
+                p.acked = p.handed;
+            }
+        }
+        r
+    }
+
+    /// Asks the broker on a new link whether commit `seq` took effect.
+    async fn resolve_commit(
+        &self,
+        name: String,
+        seq: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let shared = &self.core.shared;
+        let session_id = self.core.id;
+        shared.wait_up(deadline).await?;
+        let (id, rx) = {
+            let mut st = shared.lock();
+            if let Some(tx) = st.sessions.get_mut(&session_id).and_then(|s| s.tx.as_mut()) {
+                // The loss doomed nothing of this transaction: it is decided by the answer.
+                tx.doomed = None;
+            }
+            shared.request_locked_on_loss(
+                &mut st,
+                |request_id| {
+                    Frame::TxCommit(wire::TxCommit {
+                        request_id,
+                        session_id,
+                        tx_name: name,
+                        tx_seq: seq,
+                        resolve: true,
+                        ..Default::default()
+                    })
+                },
+                AfterAnswer::None,
+                OnLoss::Fail,
+            )?
+        };
+        shared.wait(id, rx).await.map_err(commit_error)
+    }
+
+    /// JMS `Session.rollback()`: drops every message sent in the open transaction and gives back
+    /// every message received in it (they come again marked redelivered); prefetched messages the
+    /// application has not received come back unchanged.
+    pub async fn rollback(&self) -> Result<()> {
+        {
+            let mut st = self.core.shared.lock();
+            st.check_open()?;
+            let sess = st
+                .sessions
+                .get_mut(&self.core.id)
+                .ok_or(Error::Closed("session"))?;
+            let tx = sess.tx.as_mut().ok_or(Error::InvalidArgument(
+                "rollback() on a session that is not transacted",
+            ))?;
+            tx.dirty = false;
+            tx.doomed = None;
+        }
+        self.take_back(|session_id, request_id, consumed| {
+            Frame::TxRollback(wire::TxRollback {
+                request_id,
+                session_id,
+                consumed,
+            })
+        })
+        .await
     }
 
     /// Closes the session: its consumers stop, dups-ok acks are flushed, and the broker takes back
@@ -323,5 +480,31 @@ impl Session {
             Some((id, rx)) => shared.wait(id, rx).await,
             None => Ok(()),
         }
+    }
+}
+
+/// Each consumer's position where `pick` holds, as the broker wants it.
+fn handed_positions(
+    sess: &SessionState,
+    pick: impl Fn(&Position) -> bool,
+) -> Vec<wire::ConsumerPosition> {
+    sess.positions
+        .iter()
+        .filter(|(_, p)| pick(p))
+        .map(|(cid, p)| wire::ConsumerPosition {
+            consumer_id: *cid,
+            delivery_id: p.handed,
+        })
+        .collect()
+}
+
+/// A refused commit is a rolled-back transaction.
+fn commit_error(e: Error) -> Error {
+    match e {
+        Error::Broker {
+            code: tandem_protocol::ErrorCode::TransactionRolledBack,
+            message,
+        } => Error::TransactionRolledBack(message),
+        e => e,
     }
 }

@@ -154,6 +154,21 @@ pub(crate) struct SessionState {
     /// Per consumer (kept after the consumer closes while it has unacknowledged deliveries: a later
     /// session ack or recover still covers them).
     pub(crate) positions: BTreeMap<u64, Position>,
+    /// Transacted sessions only: the open transaction.
+    pub(crate) tx: Option<TxClient>,
+}
+
+/// The client's view of a transacted session's open transaction.
+pub(crate) struct TxClient {
+    /// Names the session's commits for the broker's duplicate detection (with `seq`), so a commit
+    /// whose answer was lost with its link can be asked about on the next one.
+    pub(crate) name: String,
+    /// The last commit's number.
+    pub(crate) seq: u64,
+    /// Something was sent or received in the open transaction.
+    pub(crate) dirty: bool,
+    /// Why the open transaction can only roll back (its link was lost).
+    pub(crate) doomed: Option<String>,
 }
 
 #[derive(Default)]
@@ -681,13 +696,20 @@ impl Shared {
                 c.buffer.clear();
                 c.pull_outstanding = 0;
             }
+            let lost_reason = err.to_string();
             for sess in st.sessions.values_mut() {
                 sess.recovering = 0;
                 sess.stale_up_to = 0;
                 sess.held.clear();
                 sess.positions.clear();
+                // The broker that held the open transaction's sends and deliveries is gone with
+                // the link: the transaction cannot commit.
+                if let Some(tx) = sess.tx.as_mut().filter(|t| t.dirty && t.doomed.is_none()) {
+                    tx.doomed = Some(format!(
+                        "the connection was lost during the transaction ({lost_reason})"
+                    ));
+                }
             }
-            let lost_reason = err.to_string();
             for (_, p) in std::mem::take(&mut st.requests) {
                 let outcome = match p.on_loss {
                     OnLoss::Succeed => Ok(()),

@@ -318,15 +318,88 @@ async fn requests_are_matched_by_request_id() {
 }
 
 #[tokio::test]
-async fn transacted_sessions_are_unsupported_and_send_nothing() {
+async fn transacted_commit_names_what_was_received_and_rollback_takes_back() {
     let (conn, mut srv, _) = connect(|f| f, 0).await;
-    let r = conn.create_session(AckMode::Transacted).await;
+    let s = session(&conn, &mut srv, AckMode::Transacted).await;
+    let mut a = consumer(&s, &mut srv, "a", 10).await;
+    conn.start();
+    srv.deliver(a.id(), 1, "a1").await;
+    srv.deliver(a.id(), 2, "a2").await;
+    srv.deliver(a.id(), 3, "a3").await; // prefetched, never received: stays for the next tx
+    let m1 = recv_text(&mut a).await;
+    let _m2 = recv_text(&mut a).await;
+    // acknowledge() in a transacted session is ignored (JMS): nothing goes out.
+    m1.ack().await.unwrap();
+    tokio::task::yield_now().await;
+    assert!(srv.nothing_pending().is_none(), "no ack in a transacted session");
+    let script = async {
+        let c = expect!(srv, TxCommit);
+        srv.ok(c.request_id).await;
+        c
+    };
+    let (r, c1) = tokio::join!(s.commit(), script);
+    r.unwrap();
+    assert_eq!(c1.session_id, s.id());
+    assert!(!c1.resolve);
+    assert!(!c1.tx_name.is_empty());
+    assert_eq!(c1.tx_seq, 1);
+    assert_eq!(
+        c1.consumed,
+        vec![wire::ConsumerPosition {
+            consumer_id: a.id(),
+            delivery_id: 2
+        }]
+    );
+    // Nothing received since: the next commit acknowledges nothing, under the next number.
+    let script = async {
+        let c = expect!(srv, TxCommit);
+        srv.ok(c.request_id).await;
+        c
+    };
+    let (r, c2) = tokio::join!(s.commit(), script);
+    r.unwrap();
+    assert!(c2.consumed.is_empty(), "{c2:?}");
+    assert_eq!((c2.tx_name.as_str(), c2.tx_seq), (c1.tx_name.as_str(), 2));
+    // Rollback names how far the application got and drops the local buffer.
+    let _m3 = recv_text(&mut a).await;
+    let script = async {
+        let r = expect!(srv, TxRollback);
+        srv.send(wire::Ok {
+            request_id: r.request_id,
+            last_delivery_id: 3,
+        })
+        .await;
+        r
+    };
+    let (r, rb) = tokio::join!(s.rollback(), script);
+    r.unwrap();
+    assert_eq!(
+        rb.consumed,
+        vec![wire::ConsumerPosition {
+            consumer_id: a.id(),
+            delivery_id: 3
+        }]
+    );
+    // A refused commit is a rolled-back transaction, typed.
+    let script = async {
+        let c = expect!(srv, TxCommit);
+        srv.send(wire::Error {
+            request_id: c.request_id,
+            code: ErrorCode::TransactionRolledBack.code(),
+            message: "a send in it was refused".into(),
+        })
+        .await;
+    };
+    let (r, ()) = tokio::join!(s.commit(), script);
     assert!(
-        matches!(r, Err(Error::Unsupported(m)) if m.contains("transacted")),
+        matches!(&r, Err(Error::TransactionRolledBack(m)) if m.contains("refused")),
         "{r:?}"
     );
-    tokio::task::yield_now().await;
-    assert!(srv.nothing_pending().is_none());
+    // recover() belongs to non-transacted sessions; commit() to transacted ones.
+    assert!(matches!(s.recover().await, Err(Error::InvalidArgument(_))));
+    let plain = session(&conn, &mut srv, AckMode::Auto).await;
+    assert!(matches!(plain.commit().await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(plain.rollback().await, Err(Error::InvalidArgument(_))));
 }
 
 #[tokio::test]

@@ -155,11 +155,29 @@ pub fn sample_frames() -> Vec<Frame> {
         wire::TxCommit {
             request_id: 13,
             session_id: 2,
+            consumed: vec![wire::ConsumerPosition {
+                consumer_id: 4,
+                delivery_id: 9,
+            }],
+            tx_name: "tx-a".into(),
+            tx_seq: 7,
+            resolve: false,
+            acks: vec![wire::Ack {
+                session_id: 3,
+                consumer_id: 5,
+                delivery_id: 11,
+                kind: wire::AckKind::Individual as i32,
+                request_id: 0,
+            }],
         }
         .into(),
         wire::TxRollback {
             request_id: 14,
             session_id: 2,
+            consumed: vec![wire::ConsumerPosition {
+                consumer_id: 4,
+                delivery_id: 9,
+            }],
         }
         .into(),
     ]

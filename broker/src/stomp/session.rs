@@ -997,10 +997,12 @@ impl Session {
             Command::Commit => Frame::TxCommit(wire::TxCommit {
                 request_id,
                 session_id: SESSION_ID,
+                ..Default::default()
             }),
             _ => Frame::TxRollback(wire::TxRollback {
                 request_id,
                 session_id: SESSION_ID,
+                ..Default::default()
             }),
         };
         self.forward(frame).await

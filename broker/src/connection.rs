@@ -842,7 +842,9 @@ impl Connection {
             Vec::new()
         };
         if self.txs.contains_key(&session_id) {
-            return self.accept_in_tx(session_id, msg, targets, topic, durable_refs).await;
+            return self
+                .accept_in_tx(session_id, msg, targets, topic, durable_refs)
+                .await;
         }
         let journaled = !durable_refs.is_empty();
         let mut ticket = None;
@@ -1096,7 +1098,9 @@ impl Connection {
             key: ticket,
             request_id: c.request_id,
         };
-        if let Err(mpsc::error::SendError(Confirm::Commit { acked, .. })) = self.confirm.send(commit) {
+        if let Err(mpsc::error::SendError(Confirm::Commit { acked, .. })) =
+            self.confirm.send(commit)
+        {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             requeue(&self.inner, acked.into_iter().map(|u| (u, true)), now);
             return Err(Refusal::new(

@@ -331,7 +331,10 @@ async fn transacted_commit_names_what_was_received_and_rollback_takes_back() {
     // acknowledge() in a transacted session is ignored (JMS): nothing goes out.
     m1.ack().await.unwrap();
     tokio::task::yield_now().await;
-    assert!(srv.nothing_pending().is_none(), "no ack in a transacted session");
+    assert!(
+        srv.nothing_pending().is_none(),
+        "no ack in a transacted session"
+    );
     let script = async {
         let c = expect!(srv, TxCommit);
         srv.ok(c.request_id).await;
@@ -398,8 +401,14 @@ async fn transacted_commit_names_what_was_received_and_rollback_takes_back() {
     // recover() belongs to non-transacted sessions; commit() to transacted ones.
     assert!(matches!(s.recover().await, Err(Error::InvalidArgument(_))));
     let plain = session(&conn, &mut srv, AckMode::Auto).await;
-    assert!(matches!(plain.commit().await, Err(Error::InvalidArgument(_))));
-    assert!(matches!(plain.rollback().await, Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        plain.commit().await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        plain.rollback().await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]

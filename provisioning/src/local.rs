@@ -202,7 +202,10 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
             close_on_unhealthy: true,
         },
         monitor: LocalMonitor {
-            restart_backoff_initial_ms: 250,
+            // At least one lease TTL (1 s by default): the surviving lane gets the first go at
+            // an expired lease, so a crashed active comes back as the dormant and roles stay put.
+            // Safety never depends on it; the lease alone decides who writes.
+            restart_backoff_initial_ms: 1_000,
             restart_backoff_max_ms: 30_000,
             backoff_reset_after_ms: 60_000,
             max_restarts_without_reset: 20,

@@ -598,7 +598,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     }
     let all: Vec<String> = procs.iter().map(|p| p.pid.to_string()).collect();
     println!(
-        "tenant {}-{} is down; stopped processes {} (data and logs stay in {})",
+        "tenant {}-{} is down; none of its processes ({}) runs (data and logs stay in {})",
         first.tenant,
         first.model,
         all.join(", "),

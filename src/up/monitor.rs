@@ -129,7 +129,13 @@ pub async fn run_lane(
         };
         let now = Instant::now();
         let decision = backoff.on_exit(&restart, started, now);
-        tracing::warn!(lane = %cmd.name, exit = %exit, ?decision, "lane exited");
+        match decision {
+            Restart::At(at) => {
+                let ms = at.saturating_duration_since(now).as_millis();
+                tracing::warn!(lane = %cmd.name, exit = %exit, restart_in_ms = ms, "lane exited");
+            }
+            Restart::GiveUp { .. } => tracing::warn!(lane = %cmd.name, exit = %exit, "lane exited"),
+        }
         state.update(|s| {
             let l = &mut s.lanes[cmd.index];
             l.pid = None;

@@ -190,11 +190,7 @@ pub fn should_rotate(
 
 /// The rotated files (name, last modified) to delete: those last written more than `retention`
 /// before `now`. A file with a modification time in the future is kept (clock skew is not age).
-pub fn expired(
-    files: &[(String, SystemTime)],
-    now: SystemTime,
-    retention: Duration,
-) -> Vec<&str> {
+pub fn expired(files: &[(String, SystemTime)], now: SystemTime, retention: Duration) -> Vec<&str> {
     files
         .iter()
         .filter(|(_, modified)| {

@@ -294,8 +294,24 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
         "status shows the active lane's queue depths: {st:#}"
     );
 
-    signal(killed_pid as u32, "KILL");
     let confirmed_at_kill = confirmed.lock().unwrap().len();
+    let killed_at = Instant::now();
+    signal(killed_pid as u32, "KILL");
+    // When the failover client gets a send confirmed by the new active through the proxy: past
+    // the 16 that may have been in flight (and confirmed by the old lane) at the kill.
+    let resumed = {
+        let c = confirmed.clone();
+        tokio::task::spawn_blocking(move || {
+            while c.lock().unwrap().len() <= confirmed_at_kill + 16 {
+                assert!(
+                    killed_at.elapsed() < GUARD,
+                    "no send confirmed after the kill"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            killed_at.elapsed()
+        })
+    };
     for t in tasks {
         tokio::time::timeout(GUARD, t)
             .await
@@ -312,6 +328,7 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
     })
     .await
     .unwrap();
+    let rerouted = killed_at.elapsed();
     // The same proxy address, the same failover connection: sending resumes.
     let c2 = confirmed.clone();
     tokio::task::spawn_blocking(move || {
@@ -360,6 +377,7 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
         .await
         .expect("consumer finishes")
         .unwrap();
+    let resumed = resumed.await.unwrap();
     let confirmed = confirmed.lock().unwrap().clone();
     let seen = seen.lock().unwrap();
     let lost: Vec<_> = confirmed
@@ -373,7 +391,9 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
         confirmed.len()
     );
     eprintln!(
-        "failover client: {} confirmed ({} before the kill), all consumed",
+        "failover client: {} confirmed ({} before the kill), all consumed; kill -9 to sends \
+         confirmed again through the proxy: {resumed:?}; to `status` showing the new route: \
+         {rerouted:?} (status is polled every 100 ms)",
         confirmed.len(),
         confirmed_at_kill
     );
@@ -452,4 +472,85 @@ fn up_refuses_a_bad_spec_and_a_taken_port_and_status_down_name_a_missing_tenant(
     let (code, _, err) = run_cli(&["status"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("--dir"), "{err}");
+}
+
+#[test]
+fn a_killed_supervisor_leaves_lanes_that_down_still_stops_and_up_refuses_a_running_tenant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = spec_ports();
+    let spec = write_spec(tmp.path(), ports);
+    let mut tenant = Tenant {
+        dir: tmp.path().join("acme"),
+        down: false,
+    };
+    let dir = tenant.dir.to_str().unwrap().to_owned();
+    let (code, out, err) = run_cli(&["up", spec.to_str().unwrap(), "--dir", &dir]);
+    assert_eq!(code, Some(0), "up failed: {out}{err}");
+    let st = wait_status(&tenant.dir, "a lane is active", |s| {
+        s["routed_to"].is_string()
+            && s["lanes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["running"] == true)
+    });
+    // STOMP goes through its proxy port to the active lane too.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
+        s.set_read_timeout(Some(GUARD)).unwrap();
+        s.write_all(b"CONNECT\naccept-version:1.2\nhost:acme\n\n\0")
+            .unwrap();
+        let mut buf = [0u8; 9];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            &buf, b"CONNECTED",
+            "the STOMP proxy reaches the active lane"
+        );
+    }
+    // The HTTP proxy answers with the active lane's /health.
+    let (code, body) = http_get(
+        format!("127.0.0.1:{}", ports[2]).parse().unwrap(),
+        "/health",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "\"lane\":\"{}\"",
+            st["routed_to"].as_str().unwrap()
+        )),
+        "{body}"
+    );
+
+    let (code, _, err) = run_cli(&["up", spec.to_str().unwrap(), "--dir", &dir]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("already up"), "{err}");
+
+    let sup = st["supervisor_pid"].as_u64().unwrap();
+    let lanes: Vec<u64> = st["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["pid"].as_u64().unwrap())
+        .collect();
+    signal(sup as u32, "KILL");
+    let t0 = Instant::now();
+    while !gone(sup) {
+        assert!(t0.elapsed() < GUARD, "the supervisor survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = status(&tenant.dir);
+    assert_eq!(st["supervisor_running"], false, "{st:#}");
+    assert!(
+        lanes.iter().all(|p| !gone(*p)),
+        "the orphaned lanes still run"
+    );
+
+    let (code, out, err) = tenant.down();
+    assert_eq!(code, Some(0), "down failed: {out}{err}");
+    let running: Vec<u64> = lanes.iter().copied().filter(|p| !gone(*p)).collect();
+    assert!(
+        running.is_empty(),
+        "orphaned lanes still running after down: {running:?}"
+    );
 }

@@ -18,19 +18,33 @@ use support::*;
 use tandem_client::{AckMode, ConnectionFactory, Destination, Error, Message};
 
 /// A port `p` such that `p`, `p + 10` and `p + 20` are free (the proxy and the two lanes'
-/// derived ports, see provisioning's local layout).
+/// derived ports, see provisioning's local layout), below the kernel's ephemeral range: a lane
+/// binds its JMS port only when it becomes active, and meanwhile an outgoing connection elsewhere
+/// on the machine could take an ephemeral port as its source port.
 fn free_port_with_lanes() -> u16 {
-    for _ in 0..500 {
-        let p = free_port();
-        if p >= 65_000 {
-            continue;
-        }
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (first, last) = (10_000u16, low.saturating_sub(21).max(10_100));
+    let span = u64::from(last - first);
+    // Spread parallel runs apart; collisions are caught by the bind checks anyway.
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let p = first + (x % span) as u16;
         let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
-        if free(p + 10) && free(p + 20) {
+        if free(p) && free(p + 10) && free(p + 20) {
             return p;
         }
     }
-    panic!("no free port triple on 127.0.0.1 in 500 tries");
+    panic!("no free port triple on 127.0.0.1 in 1000 tries");
 }
 
 /// jms, stomp and http ports whose derived lane ports do not collide either.

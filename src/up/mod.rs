@@ -221,6 +221,8 @@ pub async fn supervise_detached(args: SuperviseArgs) -> anyhow::Result<()> {
 
 /// Runs the tenant until SIGINT or SIGTERM.
 async fn supervise(spec: &TenantSpec, dir: &Path) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while lanes are starting must still stop them.
+    let stop_signal = StopSignal::install()?;
     let layout = local::plan(spec, dir);
     for d in [&layout.shared_dir]
         .into_iter()
@@ -315,7 +317,7 @@ async fn supervise(spec: &TenantSpec, dir: &Path) -> anyhow::Result<()> {
     }
     cell.update(|s| s.ready = true);
     tracing::info!(dir = %dir.display(), "tenant {}-{} is up", spec.tenant, spec.model);
-    wait_for_signal().await?;
+    stop_signal.wait().await?;
     tracing::info!("signal received; stopping the lanes");
     shutdown.cancel();
     for t in lanes {
@@ -372,14 +374,28 @@ fn initial_state(
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGTERM or SIGINT, registered up front so none is missed.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> anyhow::Result<StopSignal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        Ok(())
+    }
 }
 
 /// The last `n` lines of a file, for error messages.

@@ -622,3 +622,86 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(name: &str, role: &str, epoch: Option<u64>) -> LaneReport {
+        LaneReport {
+            name: name.into(),
+            pid: Some(41),
+            running: true,
+            role: role.into(),
+            epoch,
+            restarts: 1,
+            last_exit: Some("signal 9".into()),
+            given_up: false,
+            jms: 1,
+            stomp: 2,
+            http: 3,
+            log_file: PathBuf::from("/x"),
+        }
+    }
+
+    #[test]
+    fn status_table_shows_route_roles_and_depths() {
+        let mut r = StatusReport {
+            tenant: "acme".into(),
+            model: "orders".into(),
+            dir: PathBuf::from("/t"),
+            supervisor_pid: 7,
+            supervisor_running: true,
+            routed_to: Some("b".into()),
+            proxies: vec![ProxyState {
+                name: "jms".into(),
+                listen: "127.0.0.1:61616".into(),
+            }],
+            lanes: vec![lane("a", "dormant", None), lane("b", "active", Some(4))],
+            queues: vec![QueueReport {
+                kind: "queue".into(),
+                name: "orders".into(),
+                depth: 42,
+            }],
+        };
+        let text = render_status(&r);
+        assert!(text.contains("jms 127.0.0.1:61616 -> lane b"), "{text}");
+        let b = text.lines().find(|l| l.starts_with("b ")).unwrap();
+        assert!(
+            b.contains("active") && b.contains(" 4 ") && b.contains("signal 9"),
+            "{b}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("orders") && l.ends_with("42")),
+            "{text}"
+        );
+        r.routed_to = None;
+        r.supervisor_running = false;
+        let text = render_status(&r);
+        assert!(
+            text.contains("no active lane (connections refused)"),
+            "{text}"
+        );
+        assert!(text.contains("NOT running"), "{text}");
+    }
+
+    #[test]
+    fn a_tenant_must_be_named() {
+        let none = Which {
+            spec: None,
+            dir: None,
+        };
+        assert!(
+            tenant_dir(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("--dir DIR")
+        );
+        let dir = Which {
+            spec: None,
+            dir: Some(PathBuf::from("rel/t")),
+        };
+        assert!(tenant_dir(&dir).unwrap().is_absolute());
+    }
+}

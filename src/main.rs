@@ -5,6 +5,7 @@
 
 mod perf;
 mod provision;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,14 @@ enum Command {
     Perf(perf::PerfArgs),
     /// Tenant spec to resource plan, CloudFormation template or one-machine layout.
     Provision(provision::ProvisionArgs),
+    /// Run a tenant spec on this machine: lanes, a proxy that follows /health, a monitor (docs/LOCAL.md).
+    Up(up::UpArgs),
+    /// Lanes, roles, epochs, proxy target and queue depths of a tenant started with `tandem up`.
+    Status(up::StatusArgs),
+    /// Stop everything `tandem up` started for a tenant.
+    Down(up::DownArgs),
+    #[command(name = "up-supervisor", hide = true)]
+    UpSupervisor(up::SuperviseArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -223,9 +232,12 @@ fn real_main() -> anyhow::Result<()> {
     if let Command::Provision(args) = cli.command {
         return provision::run(args);
     }
+    if let Command::Down(args) = cli.command {
+        return up::down(args);
+    }
     // perf's stdout and stderr are its report and progress: only warnings from the embedded broker.
     let default_log = match cli.command {
-        Command::Perf(_) => "warn",
+        Command::Perf(_) | Command::Status(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -234,13 +246,18 @@ fn real_main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: `tandem up` sends lane and supervisor logs to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
-        Command::User(_) | Command::Provision(_) => {
+        Command::Up(args) => rt.block_on(up::up(args)),
+        Command::UpSupervisor(args) => rt.block_on(up::supervise_detached(args)),
+        Command::Status(args) => rt.block_on(up::status(args)),
+        Command::User(_) | Command::Provision(_) | Command::Down(_) => {
             unreachable!("handled before the runtime starts")
         }
         Command::Perf(args) => {

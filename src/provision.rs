@@ -40,7 +40,7 @@ enum ProvisionCommand {
     },
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<TenantSpec> {
+pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<TenantSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     TenantSpec::load(&text).map_err(|errs| {

@@ -153,7 +153,23 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
             LocalLane {
                 name: name.to_owned(),
                 ports: *ports,
-                args: vec!["run".to_owned()],
+                // Flags, not only the environment: `tandem run` reads these, and they win over
+                // whatever `TANDEM_*` variables the operator's shell happens to export.
+                args: [
+                    "run",
+                    "--lane",
+                    name,
+                    "--shared-dir",
+                    &shared_dir.display().to_string(),
+                    "--listen",
+                    &format!("127.0.0.1:{}", ports.jms),
+                    "--stomp",
+                    &format!("127.0.0.1:{}", ports.stomp),
+                    "--http",
+                    &format!("127.0.0.1:{}", ports.http),
+                ]
+                .map(str::to_owned)
+                .to_vec(),
                 env,
                 log_file: dir.join("tandem.log"),
                 pid_file: dir.join("tandem.pid"),
@@ -177,14 +193,19 @@ pub fn plan(spec: &TenantSpec, base_dir: &Path) -> LocalLayout {
                 route("http", spec.ports.http, |p| p.http),
             ],
             health_path: crate::HEALTH_PATH.to_owned(),
-            check_interval_ms: 500,
+            // Far tighter than an NLB's 5 s: a local failover should be visible in well under a
+            // second, and probing loopback costs nothing.
+            check_interval_ms: 150,
             check_timeout_ms: 400,
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             close_on_unhealthy: true,
         },
         monitor: LocalMonitor {
-            restart_backoff_initial_ms: 250,
+            // At least one lease TTL (1 s by default): the surviving lane gets the first go at
+            // an expired lease, so a crashed active comes back as the dormant and roles stay put.
+            // Safety never depends on it; the lease alone decides who writes.
+            restart_backoff_initial_ms: 1_000,
             restart_backoff_max_ms: 30_000,
             backoff_reset_after_ms: 60_000,
             max_restarts_without_reset: 20,
@@ -233,6 +254,11 @@ mod tests {
             }
         );
         assert_eq!(a.health_url, "http://127.0.0.1:8171/health");
+        assert_eq!(
+            a.args.join(" "),
+            "run --lane a --shared-dir /var/tmp/t/shared --listen 127.0.0.1:61626 \
+             --stomp 127.0.0.1:61623 --http 127.0.0.1:8171"
+        );
         // Both lanes share one data directory: the lease decides who writes.
         assert_eq!(a.env["TANDEM_DATA_DIR"], "/var/tmp/t/shared");
         assert_eq!(a.env["TANDEM_DATA_DIR"], b.env["TANDEM_DATA_DIR"]);

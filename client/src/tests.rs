@@ -1805,3 +1805,95 @@ async fn a_pull_consumer_asks_for_credit_again_on_the_new_link() {
         "x"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn failover_dooms_an_open_transaction_and_resolves_a_commit_in_flight() {
+    let links = Links::default();
+    let (conn, mut srv1) = failover_connect(&links, exact_policy()).await;
+    let s = session(&conn, &mut srv1, AckMode::Transacted).await;
+    let q = Destination::queue("q").unwrap();
+    let (mut p, _) = producer(&s, &mut srv1, Some(&q)).await;
+
+    // An open transaction with a send in it when the link dies: it cannot commit.
+    let r = p.send_async(Message::text("lost")).await.unwrap();
+    let sent = expect!(srv1, Send);
+    srv1.send(wire::SendReceipt {
+        producer_id: p.id(),
+        sequence: sent.sequence,
+    })
+    .await;
+    r.await.unwrap();
+    let mut srv2 = links.add();
+    drop(srv1);
+    accept_replay(&mut srv2, 1, 1, 0).await;
+    tokio::task::yield_now().await;
+    assert!(
+        srv2.nothing_pending().is_none(),
+        "a transaction's send is never resent"
+    );
+    // commit() rolls the doomed transaction back on the new link and says so.
+    let script = async {
+        let rb = expect!(srv2, TxRollback);
+        srv2.send(wire::Ok {
+            request_id: rb.request_id,
+            last_delivery_id: 0,
+        })
+        .await;
+    };
+    let (r, ()) = tokio::join!(s.commit(), script);
+    assert!(
+        matches!(&r, Err(Error::TransactionRolledBack(m)) if m.contains("connection was lost")),
+        "{r:?}"
+    );
+
+    // The next transaction commits, but the link dies before the answer: the client asks the new
+    // link about that very commit and reports what the broker says.
+    let r = p.send_async(Message::text("kept")).await.unwrap();
+    let sent = expect!(srv2, Send);
+    srv2.send(wire::SendReceipt {
+        producer_id: p.id(),
+        sequence: sent.sequence,
+    })
+    .await;
+    r.await.unwrap();
+    let mut srv3 = links.add();
+    let script = async {
+        let c = expect!(srv2, TxCommit);
+        assert!(!c.resolve);
+        drop(srv2); // the answer never comes
+        accept_replay(&mut srv3, 1, 1, 0).await;
+        let q = expect!(srv3, TxCommit);
+        assert!(q.resolve, "asks, does not commit again");
+        assert!(q.consumed.is_empty());
+        assert_eq!((&q.tx_name, q.tx_seq), (&c.tx_name, c.tx_seq));
+        srv3.ok(q.request_id).await;
+        srv3
+    };
+    let (r, mut srv3) = tokio::join!(s.commit(), script);
+    r.unwrap();
+    // Asked about and not committed: reported rolled back.
+    let r = p.send_async(Message::text("maybe")).await.unwrap();
+    let sent = expect!(srv3, Send);
+    srv3.send(wire::SendReceipt {
+        producer_id: p.id(),
+        sequence: sent.sequence,
+    })
+    .await;
+    r.await.unwrap();
+    let mut srv4 = links.add();
+    let script = async {
+        let c = expect!(srv3, TxCommit);
+        drop(srv3);
+        accept_replay(&mut srv4, 1, 1, 0).await;
+        let q = expect!(srv4, TxCommit);
+        assert!(q.resolve && q.tx_seq == c.tx_seq);
+        srv4.send(wire::Error {
+            request_id: q.request_id,
+            code: ErrorCode::TransactionRolledBack.code(),
+            message: "was not committed".into(),
+        })
+        .await;
+    };
+    let (r, ()) = tokio::join!(s.commit(), script);
+    assert!(matches!(&r, Err(Error::TransactionRolledBack(_))), "{r:?}");
+}

@@ -1,6 +1,6 @@
 //! A real STOMP client against the real binary: Python's stomp.py runs the scripted conversation
 //! in `tests/stomp/conversation.py` (send/receive, client-individual ack and NACK redelivery,
-//! receipts, selectors, topic fan-out, heart-beats, and transactions refused with an ERROR).
+//! receipts, selectors, topic fan-out, heart-beats, and transactions).
 //!
 //! The client lives in `.venv`, which `scripts/test.sh` creates from `tests/requirements.txt`.
 //! Without it this test fails (it does not skip): a missing venv must not pass for a green run.

@@ -669,21 +669,146 @@ async fn native_to_stomp_keeps_headers_and_properties() {
 }
 
 #[tokio::test]
-async fn transactions_and_durable_subscriptions_are_refused_not_faked() {
+async fn transactions_commit_atomically_abort_gives_back_and_unknown_ones_are_refused() {
     let b = broker().await;
+    let mut native = Raw::local(&b).await;
+    native.session(1, AckMode::Auto).await;
+    let q = queue("stomp.tx");
+    native.producer(1, 1, Some(&q)).await;
+    native.send_msg(1, 1, text(&q, 1, true)).await.unwrap();
     let mut s = Stomp::connect(&b).await;
+    s.with_receipt(
+        frame(
+            Command::Subscribe,
+            &[
+                ("id", "s"),
+                ("destination", "/queue/stomp.tx"),
+                ("ack", "client-individual"),
+            ],
+        ),
+        "sub",
+    )
+    .await;
+    let m1 = s.expect(Command::Message).await;
+    s.with_receipt(frame(Command::Begin, &[("transaction", "t1")]), "b1")
+        .await;
+    // Within t1: SEND to another queue and ACK the received message, then COMMIT.
+    s.send(
+        frame(
+            Command::Send,
+            &[
+                ("destination", "/queue/stomp.tx.out"),
+                ("transaction", "t1"),
+                ("content-type", "text/plain"),
+            ],
+        )
+        .with_body(Bytes::from_static(b"out")),
+    )
+    .await;
     s.send(frame(
-        Command::Begin,
-        &[("transaction", "tx1"), ("receipt", "b")],
+        Command::Ack,
+        &[("id", m1.header("ack").unwrap()), ("transaction", "t1")],
     ))
     .await;
-    let e = s.expect(Command::Error).await;
-    assert_eq!(e.header("error-name"), Some("not-implemented"));
-    assert_eq!(e.header("error-code"), Some("15"));
-    assert_eq!(e.header("receipt-id"), Some("b"));
-    assert!(body(&e).contains("BEGIN transaction=tx1"), "{e:?}");
-    assert!(s.closed().await);
+    native
+        .consumer(1, 9, &queue("stomp.tx.out"), 10)
+        .await
+        .unwrap();
+    assert!(
+        native
+            .deliver_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing of t1 before COMMIT"
+    );
+    s.with_receipt(frame(Command::Commit, &[("transaction", "t1")]), "c1")
+        .await;
+    let out = Message::decode(native.deliver().await.message).unwrap();
+    assert_eq!(out.text_body(), Some("out"));
+    // The ACK took effect with the commit: nothing comes back when the subscription goes.
+    s.with_receipt(frame(Command::Unsubscribe, &[("id", "s")]), "u")
+        .await;
+    let mut check = Raw::local(&b).await;
+    check.session(1, AckMode::Auto).await;
+    check.consumer(1, 1, &q, 10).await.unwrap();
+    assert!(
+        check
+            .deliver_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
 
+    // ABORT: the SEND is dropped and the ACKed message comes back redelivered.
+    native.send_msg(1, 2, text(&q, 2, true)).await.unwrap();
+    let d = check.deliver().await;
+    assert_eq!(n_of(&d), 2);
+    drop(check); // gives message 2 back
+    s.with_receipt(
+        frame(
+            Command::Subscribe,
+            &[
+                ("id", "s2"),
+                ("destination", "/queue/stomp.tx"),
+                ("ack", "client-individual"),
+            ],
+        ),
+        "sub2",
+    )
+    .await;
+    let m2 = s.expect(Command::Message).await;
+    s.with_receipt(frame(Command::Begin, &[("transaction", "t2")]), "b2")
+        .await;
+    s.send(
+        frame(
+            Command::Send,
+            &[
+                ("destination", "/queue/stomp.tx.out"),
+                ("transaction", "t2"),
+            ],
+        )
+        .with_body(Bytes::from_static(b"dropped")),
+    )
+    .await;
+    s.with_receipt(
+        frame(
+            Command::Ack,
+            &[("id", m2.header("ack").unwrap()), ("transaction", "t2")],
+        ),
+        "a2",
+    )
+    .await;
+    s.with_receipt(frame(Command::Abort, &[("transaction", "t2")]), "ab2")
+        .await;
+    let again = s.expect(Command::Message).await;
+    assert_eq!(again.header("redelivered"), Some("true"));
+    assert_eq!(again.header("message-id"), m2.header("message-id"));
+    assert!(
+        native
+            .deliver_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the aborted SEND never arrives"
+    );
+
+    // A SEND in a transaction that was never begun is refused, naming it.
+    let mut s = Stomp::connect(&b).await;
+    s.send(
+        frame(
+            Command::Send,
+            &[("destination", "/queue/x"), ("transaction", "nope")],
+        )
+        .with_body(Bytes::from_static(b"x")),
+    )
+    .await;
+    let e = s.expect(Command::Error).await;
+    assert!(body(&e).contains("\"nope\" is not open"), "{e:?}");
+    assert!(s.closed().await);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn durable_subscriptions_are_refused_not_faked() {
+    let b = broker().await;
     let mut s = Stomp::connect_with(&b, &[("client-id", "durable-client")])
         .await
         .0;
@@ -695,20 +820,6 @@ async fn transactions_and_durable_subscriptions_are_refused_not_faked() {
             ("activemq.subscriptionName", "keep"),
         ],
     ))
-    .await;
-    let e = s.expect(Command::Error).await;
-    assert_eq!(e.header("error-name"), Some("not-implemented"));
-    assert!(s.closed().await);
-
-    // A SEND inside a transaction that was never begun is refused too.
-    let mut s = Stomp::connect(&b).await;
-    s.send(
-        frame(
-            Command::Send,
-            &[("destination", "/queue/x"), ("transaction", "t")],
-        )
-        .with_body(Bytes::from_static(b"x")),
-    )
     .await;
     let e = s.expect(Command::Error).await;
     assert_eq!(e.header("error-name"), Some("not-implemented"));

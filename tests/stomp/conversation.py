@@ -211,15 +211,44 @@ def heart_beats(host, port):
 
 
 def transactions(host, port):
-    # tandem has no transacted sessions yet (issue: JMS completion). The listener must refuse
-    # BEGIN with an ERROR frame instead of pretending; this checks exactly that.
     conn, rec = connect(host, port)
+    q = fresh("queue")
+    # SENDs inside a transaction are invisible until COMMIT ...
+    conn.subscribe(q, id="tx", ack="client-individual", headers={"receipt": "sub"})
+    rec.receipt("sub")
     conn.begin(transaction="tx-1")
-    rec.wait(lambda: rec.errors, "the ERROR answering BEGIN")
-    e = rec.errors[0]
-    check(e.headers.get("error-name") == "not-implemented", "ERROR headers: %s" % e.headers)
-    rec.wait(lambda: rec.disconnected, "the broker to close after ERROR")
-    print("ok: transactions refused with ERROR not-implemented (not supported yet)")
+    conn.send(q, "one", content_type="text/plain", transaction="tx-1")
+    conn.send(q, "two", content_type="text/plain", transaction="tx-1",
+              headers={"receipt": "s2"})
+    rec.receipt("s2")
+    check(rec.quiet(0.5), "a message of an open transaction arrived: %s" % rec.messages)
+    conn.commit(transaction="tx-1", headers={"receipt": "c1"})
+    rec.receipt("c1")
+    got = rec.take(2, "the committed messages")
+    check([m.body for m in got] == ["one", "two"], "committed, in order: %s" % got)
+    # ... ABORT drops a transaction's SENDs and gives back what it ACKed (redelivered).
+    conn.begin(transaction="tx-2")
+    conn.send(q, "dropped", content_type="text/plain", transaction="tx-2")
+    conn.ack(got[0].headers["ack"], transaction="tx-2")
+    conn.abort(transaction="tx-2", headers={"receipt": "a2"})
+    rec.receipt("a2")
+    (again,) = rec.take(1, "the message ACKed in the aborted transaction")
+    check(again.body == "one", "redelivered body: %r" % again.body)
+    check(again.headers.get("redelivered") == "true", "redelivered: %s" % again.headers)
+    check(rec.quiet(0.5), "a SEND of the aborted transaction arrived: %s" % rec.messages)
+    # An ACK inside a committed transaction acknowledges for good.
+    conn.begin(transaction="tx-3")
+    conn.ack(again.headers["ack"], transaction="tx-3")
+    conn.ack(got[1].headers["ack"], transaction="tx-3")
+    conn.commit(transaction="tx-3", headers={"receipt": "c3"})
+    rec.receipt("c3")
+    conn.unsubscribe("tx", headers={"receipt": "unsub"})
+    rec.receipt("unsub")
+    conn.subscribe(q, id="tx2", ack="auto", headers={"receipt": "sub2"})
+    rec.receipt("sub2")
+    check(rec.quiet(0.5), "messages acknowledged by a commit came back: %s" % rec.messages)
+    conn.disconnect()
+    print("ok: transactions (BEGIN/SEND/ACK/COMMIT/ABORT)")
 
 
 def main():

@@ -61,6 +61,21 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_SHUTDOWN: Duration = Duration::from_millis(100);
 /// Native frames handled before the socket is flushed.
 const MAX_BATCH: usize = 256;
+/// Most transactions open at once on one STOMP connection (invariant 10).
+pub(crate) const MAX_TRANSACTIONS: usize = 64;
+
+/// An open STOMP transaction: a native transacted session with its own anonymous producer (both
+/// under the same id, above the connection's own session and producer), and the ACKs and NACKs
+/// that take effect at COMMIT.
+struct StompTx {
+    native: u64,
+    /// Native acks of deliveries in the connection's session, sent inside the native commit.
+    acks: Vec<wire::Ack>,
+    /// The deliveries those acks cover: given back (redelivered) on ABORT.
+    acked: Vec<u64>,
+    /// Deliveries NACKed in the transaction: given back at COMMIT or ABORT.
+    nacked: Vec<u64>,
+}
 
 type Io = Framed<crate::tls::Transport, StompCodec>;
 
@@ -173,6 +188,10 @@ struct Session {
     last_write: Instant,
     last_native_ping: Instant,
     ping_nonce: u64,
+    /// Open transactions by their STOMP name.
+    txs: HashMap<String, StompTx>,
+    /// The last native id given to a transaction's session and producer.
+    next_tx_native: u64,
 }
 
 /// Serves one accepted STOMP socket until it ends. `permit` is the connection's slot under the
@@ -211,6 +230,8 @@ pub(crate) async fn serve(
                 last_write: now,
                 last_native_ping: now,
                 ping_nonce: 0,
+                txs: HashMap::new(),
+                next_tx_native: SESSION_ID.max(PRODUCER_ID),
             };
             let last = match session.run(c.beats).await {
                 Ok(()) => None,
@@ -709,19 +730,25 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    fn refuse_transaction(f: &StompFrame) -> Result<(), Fatal> {
+    /// The open transaction a frame's `transaction` header names (`None` without the header).
+    fn tx_of(&mut self, f: &StompFrame) -> Result<Option<&mut StompTx>, Fatal> {
         match f.header("transaction") {
-            Some(tx) => Err(Fatal::native(
-                ErrorCode::NotImplemented.code(),
-                &format!("transaction {tx:?} is not open: transactions are not supported yet"),
-                Some(f.command.as_str()),
-            )),
-            None => Ok(()),
+            None => Ok(None),
+            Some(name) => match self.txs.get_mut(name) {
+                Some(tx) => Ok(Some(tx)),
+                None => Err(Fatal::new(
+                    "invalid frame",
+                    format!(
+                        "{}: transaction {name:?} is not open (BEGIN it first)",
+                        f.command
+                    ),
+                )),
+            },
         }
     }
 
     async fn on_send(&mut self, f: StompFrame, receipt: Option<String>) -> Result<(), Fatal> {
-        Self::refuse_transaction(&f)?;
+        let producer_id = self.tx_of(&f)?.map_or(PRODUCER_ID, |tx| tx.native);
         let (conn, next) = (self.connection_id, &mut self.next_message);
         let msg = mapping::message_from_send(&f, now_ms(), || {
             *next += 1;
@@ -734,8 +761,9 @@ impl Session {
         if let Some(r) = receipt {
             self.send_receipts.insert(sequence, r);
         }
+        // One sequence across the connection's producers, so a receipt is found by it alone.
         self.forward(Frame::Send(wire::Send {
-            producer_id: PRODUCER_ID,
+            producer_id,
             sequence,
             receipt: wants_receipt,
             message: msg.encode(),
@@ -943,7 +971,7 @@ impl Session {
         receipt: Option<String>,
         nack: bool,
     ) -> Result<(), Fatal> {
-        Self::refuse_transaction(f)?;
+        self.tx_of(f)?;
         let delivery_id = self.find_delivery(f)?;
         let consumer_id = self.outstanding[&delivery_id].consumer_id;
         let sub_id = self.outstanding[&delivery_id].subscription.clone();
@@ -966,6 +994,36 @@ impl Session {
             self.outstanding.remove(d);
         }
         let what = format!("{} {delivery_id}", f.command);
+        let kind = if mode == AckModeStomp::Client {
+            AckKind::Cumulative
+        } else {
+            AckKind::Individual
+        } as i32;
+        if let Some(tx) = self.tx_of(f)? {
+            // Takes effect at COMMIT; the receipt only says the frame was taken in order.
+            if nack {
+                tx.nacked.extend(&ids);
+            } else {
+                tx.acks.push(wire::Ack {
+                    session_id: SESSION_ID,
+                    consumer_id,
+                    delivery_id,
+                    kind,
+                    request_id: 0,
+                });
+                tx.acked.extend(&ids);
+            }
+            let native = tx.native;
+            if receipt.is_some() {
+                let request_id = self.request(what, receipt);
+                self.forward(Frame::TxBegin(wire::TxBegin {
+                    request_id,
+                    session_id: native,
+                }))
+                .await?;
+            }
+            return Ok(());
+        }
         if nack {
             return self.nack_all(&ids, &what, receipt).await;
         }
@@ -974,37 +1032,99 @@ impl Session {
             session_id: SESSION_ID,
             consumer_id,
             delivery_id,
-            kind: if mode == AckModeStomp::Client {
-                AckKind::Cumulative
-            } else {
-                AckKind::Individual
-            } as i32,
+            kind,
             request_id,
         }))
         .await
     }
 
-    /// BEGIN, COMMIT, ABORT go to the native transaction frames unchanged in meaning; the broker
-    /// refuses them until transacted sessions exist, and that refusal reaches the peer.
+    /// BEGIN opens a native transacted session (and its producer) for the transaction; COMMIT
+    /// commits it natively with the transaction's ACKs inside the same atomic commit, then gives
+    /// back what was NACKed; ABORT rolls it back and gives back what was ACKed or NACKed in it.
+    /// Either ends with the native session closed. A transaction left open when the connection
+    /// ends is rolled back with it.
     async fn on_tx(&mut self, f: &StompFrame, receipt: Option<String>) -> Result<(), Fatal> {
-        let tx = required(f, "transaction")?;
-        let request_id = self.request(format!("{} transaction={tx}", f.command), receipt);
-        let frame = match f.command {
-            Command::Begin => Frame::TxBegin(wire::TxBegin {
-                request_id,
-                session_id: SESSION_ID,
-            }),
-            Command::Commit => Frame::TxCommit(wire::TxCommit {
-                request_id,
-                session_id: SESSION_ID,
-                ..Default::default()
-            }),
-            _ => Frame::TxRollback(wire::TxRollback {
-                request_id,
-                session_id: SESSION_ID,
-                ..Default::default()
-            }),
-        };
-        self.forward(frame).await
+        let name = required(f, "transaction")?.to_string();
+        let what = format!("{} transaction={name}", f.command);
+        match f.command {
+            Command::Begin => {
+                if self.txs.contains_key(&name) {
+                    return Err(Fatal::new(
+                        "invalid frame",
+                        format!("transaction {name:?} is already open"),
+                    ));
+                }
+                if self.txs.len() >= MAX_TRANSACTIONS {
+                    return Err(Fatal::new(
+                        "too many transactions",
+                        format!("at most {MAX_TRANSACTIONS} transactions may be open at once"),
+                    ));
+                }
+                self.next_tx_native += 1;
+                let native = self.next_tx_native;
+                self.txs.insert(
+                    name.clone(),
+                    StompTx {
+                        native,
+                        acks: Vec::new(),
+                        acked: Vec::new(),
+                        nacked: Vec::new(),
+                    },
+                );
+                let open = self.request(what.clone(), None);
+                self.forward(Frame::SessionOpen(wire::SessionOpen {
+                    request_id: open,
+                    session_id: native,
+                    ack_mode: AckMode::Transacted as i32,
+                }))
+                .await?;
+                let request_id = self.request(what, receipt);
+                self.forward(Frame::ProducerOpen(wire::ProducerOpen {
+                    request_id,
+                    session_id: native,
+                    producer_id: native,
+                    producer_name: String::new(),
+                    destination: None,
+                }))
+                .await
+            }
+            Command::Commit | Command::Abort => {
+                let Some(tx) = self.txs.remove(&name) else {
+                    return Err(Fatal::new(
+                        "invalid frame",
+                        format!("{}: transaction {name:?} is not open", f.command),
+                    ));
+                };
+                let (decide, give_back) = if f.command == Command::Commit {
+                    let request_id = self.request(what.clone(), None);
+                    let commit = Frame::TxCommit(wire::TxCommit {
+                        request_id,
+                        session_id: tx.native,
+                        acks: tx.acks,
+                        ..Default::default()
+                    });
+                    (commit, tx.nacked)
+                } else {
+                    let request_id = self.request(what.clone(), None);
+                    let rollback = Frame::TxRollback(wire::TxRollback {
+                        request_id,
+                        session_id: tx.native,
+                        ..Default::default()
+                    });
+                    let mut back = tx.acked;
+                    back.extend(tx.nacked);
+                    (rollback, back)
+                };
+                self.forward(decide).await?;
+                self.nack_all(&give_back, &what, None).await?;
+                let request_id = self.request(what, receipt);
+                self.forward(Frame::SessionClose(wire::SessionClose {
+                    request_id,
+                    session_id: tx.native,
+                }))
+                .await
+            }
+            _ => unreachable!("on_tx handles BEGIN, COMMIT and ABORT"),
+        }
     }
 }

@@ -36,6 +36,8 @@ pub mod session;
 pub mod settings;
 mod stomp;
 pub mod store;
+mod subscription;
+mod temp;
 pub mod tls;
 pub mod topic;
 

@@ -197,7 +197,10 @@ mod tests {
             request_id: 2,
             subscription_name: "s".into(),
         });
-        assert_eq!(&f.to_bytes()[..], &[0, 0, 0, 6, 0x36, 0x08, 2, 0x12, 1, b's']);
+        assert_eq!(
+            &f.to_bytes()[..],
+            &[0, 0, 0, 6, 0x36, 0x08, 2, 0x12, 1, b's']
+        );
         let dest = wire::Destination {
             kind: wire::DestinationKind::TempQueue as i32,
             name: "t".into(),

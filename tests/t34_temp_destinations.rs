@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_broker::{Broker, BrokerConfig};
+use tandem_broker::{Broker, BrokerConfig, MAX_TEMP_DESTINATIONS_PER_CONNECTION};
 use tandem_client::{
     AckMode, Connection, ConnectionFactory, Destination, DestinationKind, Error, ErrorCode,
     Message, Session,
@@ -220,6 +220,26 @@ async fn a_temporary_destination_name_is_not_auto_created() {
         code(s.create_consumer(&made_up, None).await),
         ErrorCode::DestinationNotFound
     );
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_a_bounded_number_of_temporary_destinations() {
+    let b = broker(None).await;
+    let (_c, s) = connect(&b).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_TEMP_DESTINATIONS_PER_CONNECTION {
+        held.push(s.create_temporary_queue().await.unwrap());
+    }
+    assert_eq!(
+        code(s.create_temporary_topic().await),
+        ErrorCode::IllegalState
+    );
+    // Another connection has its own allowance; a delete frees one.
+    let (_oc, os) = connect(&b).await;
+    os.create_temporary_queue().await.unwrap();
+    held.pop().unwrap().delete().await.unwrap();
+    s.create_temporary_topic().await.unwrap();
     b.shutdown().await;
 }
 

@@ -43,3 +43,4 @@ pub mod topic;
 
 pub use broker::{Broker, BrokerError, BrokerStats, Health};
 pub use config::{BrokerConfig, ConfigError};
+pub use temp::MAX_PER_CONNECTION as MAX_TEMP_DESTINATIONS_PER_CONNECTION;

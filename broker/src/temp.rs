@@ -18,10 +18,43 @@ use crate::broker::{BrokerInner, DestinationKey};
 use crate::message::Refusal;
 use crate::topic::Topic;
 
+/// Most temporary destinations one connection may hold at once (invariant 10: a client cannot
+/// grow the broker's maps without bound).
+pub const MAX_PER_CONNECTION: usize = 1024;
+
 /// Owner connection per temporary destination.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    owners: Mutex<HashMap<DestinationKey, u64>>,
+    owners: Mutex<Owners>,
+}
+
+#[derive(Debug, Default)]
+struct Owners {
+    by_destination: HashMap<DestinationKey, u64>,
+    /// How many each connection holds (for the limit).
+    per_connection: HashMap<u64, usize>,
+}
+
+impl Owners {
+    fn get(&self, k: &DestinationKey) -> Option<&u64> {
+        self.by_destination.get(k)
+    }
+
+    fn insert(&mut self, k: DestinationKey, connection: u64) {
+        self.by_destination.insert(k, connection);
+        *self.per_connection.entry(connection).or_default() += 1;
+    }
+
+    fn remove(&mut self, k: &DestinationKey) {
+        if let Some(connection) = self.by_destination.remove(k)
+            && let Some(n) = self.per_connection.get_mut(&connection)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_connection.remove(&connection);
+            }
+        }
+    }
 }
 
 fn key(d: &Destination) -> DestinationKey {
@@ -63,6 +96,15 @@ impl Registry {
                 ));
             }
             None => {}
+        }
+        if owners.per_connection.get(&connection).copied().unwrap_or(0) >= MAX_PER_CONNECTION {
+            return Err(Refusal::new(
+                ErrorCode::IllegalState,
+                format!(
+                    "this connection already holds {MAX_PER_CONNECTION} temporary destinations: \
+                     delete some first"
+                ),
+            ));
         }
         // Under the owners lock: a create racing a delete of the same name sees one order.
         if d.kind().is_queue() {
@@ -119,7 +161,11 @@ impl Registry {
     /// Deletes every temporary destination of a connection that ended.
     pub(crate) fn connection_closed(&self, inner: &BrokerInner, connection: u64) {
         let mut owners = self.owners.lock();
+        if !owners.per_connection.contains_key(&connection) {
+            return;
+        }
         let mine: Vec<DestinationKey> = owners
+            .by_destination
             .iter()
             .filter(|(_, owner)| **owner == connection)
             .map(|(k, _)| k.clone())
@@ -134,7 +180,7 @@ impl Registry {
 
     /// How many temporary destinations exist (metrics, tests).
     pub(crate) fn count(&self) -> usize {
-        self.owners.lock().len()
+        self.owners.lock().by_destination.len()
     }
 }
 

@@ -5,6 +5,8 @@
 //! marker that must arrive is published by the same producer, and it has to be the next message
 //! received (one producer's messages keep their order).
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -530,6 +532,75 @@ async fn durable_subscriptions_and_their_messages_survive_a_restart() {
         .unwrap();
     assert_eq!(next_n(&mut d).await, 7);
     b.shutdown().await;
+}
+
+/// The real `tandem run` binary over TCP, killed with SIGKILL: the durable subscription (with its
+/// selector) and every confirmed persistent message in it are back after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscription_survives_kill_9_of_the_broker_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = topic("crash.news");
+    let broker = support::BrokerProcess::start_in(&data, &[]);
+    let factory = |url: &str, client_id: Option<&str>| {
+        let f = ConnectionFactory::new(url).unwrap();
+        match client_id {
+            Some(id) => f.with_client_id(id),
+            None => f,
+        }
+    };
+    let c = factory(&broker.url(), Some("crash-reader"))
+        .connect()
+        .await
+        .unwrap();
+    let s = c.create_session(AckMode::Auto).await.unwrap();
+    s.durable_consumer(&t, "kept", Some("n > 1"), false)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let pc = factory(&broker.url(), None).connect().await.unwrap();
+    let ps = pc.create_session(AckMode::Auto).await.unwrap();
+    let mut p = ps.create_producer(Some(&t)).await.unwrap();
+    // Persistent sends return once durable: all five are confirmed before the kill.
+    publish(&mut p, 1..=5).await;
+    broker.kill9();
+    drop(pc);
+
+    let broker = support::BrokerProcess::start_in(&data, &[]);
+    let c = factory(&broker.url(), Some("crash-reader"))
+        .connect()
+        .await
+        .unwrap();
+    let s = c.create_session(AckMode::Auto).await.unwrap();
+    let mut d = s
+        .durable_consumer(&t, "kept", Some("n > 1"), false)
+        .await
+        .unwrap();
+    c.start();
+    for want in 2..=5 {
+        let m = d.receive(WAIT).await.unwrap().expect("a recovered message");
+        assert_eq!(m.property("n").unwrap().to_long().unwrap(), want);
+        assert!(m.redelivered, "recovered messages are flagged");
+        assert_eq!(
+            m.delivery_count, 2,
+            "one possible delivery before the crash"
+        );
+    }
+    let pc = factory(&broker.url(), None).connect().await.unwrap();
+    let ps = pc.create_session(AckMode::Auto).await.unwrap();
+    let mut p = ps.create_producer(Some(&t)).await.unwrap();
+    publish(&mut p, [1, 7]).await;
+    assert_eq!(
+        next_n(&mut d).await,
+        7,
+        "the selector survived: 1 did not enter"
+    );
+    c.close().await.unwrap();
+    pc.close().await.unwrap();
+    broker.terminate();
 }
 
 async fn s_of(c: &Connection) -> Session {

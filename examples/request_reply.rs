@@ -20,8 +20,9 @@ use tandem_client::{AckMode, ConnectionFactory, Destination, Message};
 
 const REQUESTS: usize = 3;
 
+// `pub`: tests/t34_temp_destinations.rs compiles this file in and runs it.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub async fn main() -> anyhow::Result<()> {
     let broker = Broker::start(BrokerConfig::embedded()).await?;
     let factory = ConnectionFactory::in_process(Arc::new(broker.connector()));
     let requests = Destination::queue("service.uppercase")?;

@@ -243,40 +243,13 @@ async fn a_connection_holds_a_bounded_number_of_temporary_destinations() {
     b.shutdown().await;
 }
 
-/// The `request_reply` example ends by itself and prints one line per reply it matched by
-/// JMSCorrelationID. `cargo test` builds examples next to the test binaries.
+/// The `request_reply` example, compiled into this test from its source (so the test never runs a
+/// stale binary): it ends by itself, and fails unless every reply matched its request by
+/// JMSCorrelationID.
+#[path = "../examples/request_reply.rs"]
+mod request_reply_example;
+
 #[test]
 fn the_request_reply_example_runs() {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let example = dir.join("examples").join("request_reply");
-    assert!(
-        example.exists(),
-        "{} is missing: build it with `cargo build --example request_reply`",
-        example.display()
-    );
-    let mut child = std::process::Command::new(&example)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the example starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the example did not end within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "example failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let replies = stdout.lines().filter(|l| l.starts_with("reply ")).count();
-    assert_eq!(replies, 3, "{stdout}");
-    assert!(stdout.contains("all 3 replies matched"), "{stdout}");
+    request_reply_example::main().expect("the example succeeds");
 }

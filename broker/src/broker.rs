@@ -105,6 +105,10 @@ pub(crate) struct BrokerInner {
     pub security: crate::security::Security,
     /// TLS for the listeners; `None`: plaintext.
     pub tls: Option<crate::tls::Tls>,
+    /// Durable and shared topic subscriptions.
+    pub subscriptions: crate::subscription::Registry,
+    /// Temporary destinations and the connections that own them.
+    pub temps: crate::temp::Registry,
 }
 
 impl BrokerInner {
@@ -142,6 +146,12 @@ impl BrokerInner {
     }
 
     fn missing(&self, d: &Destination) -> Refusal {
+        if d.kind().is_temporary() {
+            return Refusal::new(
+                ErrorCode::DestinationNotFound,
+                format!("{d} does not exist (deleted, or the connection that created it closed)"),
+            );
+        }
         Refusal::new(
             ErrorCode::DestinationNotFound,
             format!("{d} does not exist and auto-create is off"),
@@ -154,7 +164,8 @@ impl BrokerInner {
         if let Some(q) = self.queues.read().get(&key) {
             return Ok(q.clone());
         }
-        if !self.config.auto_create {
+        // Temporary destinations exist only between their create and delete.
+        if !self.config.auto_create || d.kind().is_temporary() {
             return Err(self.missing(d));
         }
         Ok(self.queue_forced(d))
@@ -194,7 +205,7 @@ impl BrokerInner {
         if let Some(t) = self.topics.read().get(&key) {
             return Ok(t.clone());
         }
-        if !self.config.auto_create {
+        if !self.config.auto_create || d.kind().is_temporary() {
             return Err(self.missing(d));
         }
         Ok(self
@@ -328,10 +339,12 @@ impl std::fmt::Debug for DupTicket {
     }
 }
 
-/// Puts the journal's live state back: messages on their queues (flagged redelivered, counts
-/// raised: they may have been delivered before the crash), the duplicate-detection cache, and the
-/// message id sequence above every id used before.
-fn restore(inner: &BrokerInner, recovered: Recovered) {
+/// Puts the journal's live state back: durable subscriptions, messages on their queues (flagged
+/// redelivered, counts raised: they may have been delivered before the crash), the
+/// duplicate-detection cache, and the message id sequence above every id used before. Returns
+/// `AckRef`s for refs left on subscription queues that no longer exist (a crash between a
+/// subscription's deletion and the acks of its messages), to be written once the broker runs.
+fn restore(inner: &BrokerInner, recovered: Recovered) -> Vec<crate::journal::Record> {
     let r = &recovered.report;
     inner
         .next_message_id
@@ -347,6 +360,33 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
             }
         }
     }
+    let mut sub_queues: HashMap<Arc<str>, Arc<Queue>> = HashMap::new();
+    for rec in &recovered.subscriptions {
+        if !rec.durable {
+            continue;
+        }
+        let topic = match Destination::topic(&rec.topic) {
+            Ok(d) => inner
+                .topics
+                .write()
+                .entry((d.kind(), Arc::from(d.name())))
+                .or_insert_with(|| Topic::new(Arc::from(d.name())))
+                .clone(),
+            Err(e) => {
+                tracing::error!(queue = %rec.queue, error = %e, "journaled subscription names a bad topic; skipped");
+                continue;
+            }
+        };
+        match inner.subscriptions.restore(inner, topic, rec) {
+            Ok(q) => {
+                sub_queues.insert(q.name().clone(), q);
+            }
+            Err(e) => {
+                tracing::error!(queue = %rec.queue, error = %e, "journaled subscription does not restore; skipped")
+            }
+        }
+    }
+    let mut orphans = Vec::new();
     let now = now_ms();
     let mut messages = 0usize;
     for m in recovered.messages {
@@ -358,6 +398,17 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
             }
         };
         for r in m.refs {
+            if let Some(q) = sub_queues.get(&r.queue) {
+                q.restore(msg.clone(), r.delivery_count, r.deliver_at_ms, now);
+                continue;
+            }
+            if crate::subscription::is_subscription_queue(&r.queue) {
+                orphans.push(crate::journal::Record::AckRef {
+                    msg_id: m.msg_id,
+                    queue: r.queue.to_string(),
+                });
+                continue;
+            }
             let key: DestinationKey = (DestinationKind::Queue, r.queue.clone());
             let q = inner
                 .queues
@@ -371,11 +422,14 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
     }
     tracing::info!(
         messages,
+        subscriptions = sub_queues.len(),
+        orphan_refs = orphans.len(),
         producers = recovered.dup_ids.len(),
         torn_tail = ?r.torn_tail,
         skipped = r.skipped.len(),
         "journal recovered"
     );
+    orphans
 }
 
 /// A running broker. Dropping it does not stop it; call [`Broker::shutdown`].
@@ -483,6 +537,8 @@ impl Broker {
             instance: format!("{:x}", std::process::id() as u64 ^ (now_ms() as u64) << 16),
             security,
             tls,
+            subscriptions: Default::default(),
+            temps: Default::default(),
         });
         inner
             .tasks
@@ -491,7 +547,18 @@ impl Broker {
             .tasks
             .spawn(crate::mover::scheduler(inner.clone(), scheduler_rx));
         if let Some(recovered) = recovered {
-            restore(&inner, recovered);
+            let orphans = restore(&inner, recovered);
+            if !orphans.is_empty() {
+                // Cleanup only: if it is lost, the next recovery drops the same refs again.
+                match inner.store.submit(orphans).await {
+                    Ok(durable) => {
+                        inner.tasks.spawn(durable);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not acknowledge orphaned subscription refs")
+                    }
+                }
+            }
         }
         for q in &inner.config.queues {
             let d = Destination::queue(q).expect("validated");
@@ -575,6 +642,21 @@ impl Broker {
     pub fn queue_snapshot(&self, name: &str) -> Option<QueueSnapshot> {
         let key = (DestinationKind::Queue, Arc::<str>::from(name));
         self.inner.queues.read().get(&key).map(|q| q.snapshot())
+    }
+
+    /// Messages held (ready, scheduled or delivered and unacknowledged) by the durable
+    /// subscription `name` of `client_id`; `None` if there is no such subscription.
+    pub fn durable_subscription_pending(
+        &self,
+        client_id: Option<&str>,
+        name: &str,
+    ) -> Option<usize> {
+        self.inner.subscriptions.pending(client_id, name)
+    }
+
+    /// How many temporary destinations exist.
+    pub fn temporary_destinations(&self) -> usize {
+        self.inner.temps.count()
     }
 
     /// Broker-wide counters.

@@ -28,6 +28,7 @@ use crate::security::acl::Permission;
 use crate::security::{Authenticated, Peer};
 use crate::session::{ConsumerShared, OUTBOUND_HIGH, Outbound, SessionShared, Unacked};
 use crate::store::Durable;
+use crate::subscription::{AttachRequest, SubKey};
 use crate::topic::{Subscription, Topic};
 
 struct Producer {
@@ -260,13 +261,18 @@ enum Attachment {
         topic: Arc<Topic>,
         queue: Arc<Queue>,
     },
+    /// A durable or shared subscription (see `subscription.rs`).
+    Named {
+        key: SubKey,
+        queue: Arc<Queue>,
+    },
 }
 
 impl Attachment {
     fn queue(&self) -> &Arc<Queue> {
         match self {
             Attachment::Queue(q) => q,
-            Attachment::Topic { queue, .. } => queue,
+            Attachment::Topic { queue, .. } | Attachment::Named { queue, .. } => queue,
         }
     }
 }
@@ -274,6 +280,8 @@ impl Attachment {
 struct Consumer {
     shared: Arc<ConsumerShared>,
     attachment: Attachment,
+    /// What it was opened on (a temporary destination cannot be deleted while it is open).
+    destination: Destination,
 }
 
 struct Connection {
@@ -601,7 +609,7 @@ impl Connection {
                 self.reply(p.request_id, r);
             }
             Frame::ConsumerOpen(c) => {
-                let r = self.on_consumer_open(&c);
+                let r = self.on_consumer_open(&c).await;
                 self.reply(c.request_id, r);
                 if let Some(c) = self.consumers.get(&c.consumer_id) {
                     // Attach only after the Ok is queued, so no delivery overtakes it.
@@ -613,6 +621,18 @@ impl Connection {
             Frame::ConsumerClose(c) => {
                 let r = self.on_consumer_close(c.consumer_id, Some(c.last_consumed));
                 self.reply(c.request_id, r);
+            }
+            Frame::Unsubscribe(u) => {
+                let r = self.on_unsubscribe(&u).await;
+                self.reply(u.request_id, r);
+            }
+            Frame::TempDestinationCreate(t) => {
+                let r = self.on_temp_create(t.destination.as_ref());
+                self.reply(t.request_id, r);
+            }
+            Frame::TempDestinationDelete(t) => {
+                let r = self.on_temp_delete(t.destination.as_ref());
+                self.reply(t.request_id, r);
             }
             Frame::TxBegin(t) => {
                 let r = self.transacted(t.session_id).map(drop);
@@ -1188,8 +1208,8 @@ impl Connection {
         Ok(())
     }
 
-    fn on_consumer_open(&mut self, c: &wire::ConsumerOpen) -> Result<(), Refusal> {
-        let Some(session) = self.sessions.get(&c.session_id) else {
+    async fn on_consumer_open(&mut self, c: &wire::ConsumerOpen) -> Result<(), Refusal> {
+        let Some(session) = self.sessions.get(&c.session_id).cloned() else {
             return Err(unknown_session(c.session_id));
         };
         if c.consumer_id == 0 || self.consumers.contains_key(&c.consumer_id) {
@@ -1220,11 +1240,9 @@ impl Connection {
                 )
             })?),
         };
-        if c.durable || c.shared || !c.subscription_name.is_empty() {
-            return Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "durable and shared subscriptions are not supported yet",
-            ));
+        let named = self.subscription_key(c, &dest)?;
+        if dest.kind().is_temporary() {
+            self.inner.temps.check_consumer(&dest, self.id)?;
         }
         if c.browser {
             return Err(Refusal::new(
@@ -1244,6 +1262,31 @@ impl Connection {
         );
         let attachment = if is_queue {
             Attachment::Queue(self.inner.queue(&dest)?)
+        } else if let Some(key) = named {
+            let topic = self.inner.topic(&dest)?;
+            let selector_text = (!c.selector.trim().is_empty()).then(|| c.selector.trim().into());
+            let attached = self.inner.subscriptions.attach(
+                &self.inner,
+                AttachRequest {
+                    key: key.clone(),
+                    shared: c.shared,
+                    topic,
+                    selector_text,
+                    selector,
+                    no_local: c.no_local,
+                    connection_id: self.id,
+                },
+            )?;
+            if !attached.records.is_empty()
+                && let Err(r) = self.journal(attached.records).await
+            {
+                self.inner.subscriptions.detach(&key);
+                return Err(r);
+            }
+            Attachment::Named {
+                key,
+                queue: attached.queue,
+            }
         } else {
             let topic = self.inner.topic(&dest)?;
             let name: Arc<str> =
@@ -1257,9 +1300,108 @@ impl Connection {
             }));
             Attachment::Topic { topic, queue }
         };
-        self.consumers
-            .insert(c.consumer_id, Consumer { shared, attachment });
+        self.consumers.insert(
+            c.consumer_id,
+            Consumer {
+                shared,
+                attachment,
+                destination: dest,
+            },
+        );
         Ok(())
+    }
+
+    /// The subscription a consumer open names, if any, after the JMS rules on who may name one.
+    fn subscription_key(
+        &self,
+        c: &wire::ConsumerOpen,
+        dest: &Destination,
+    ) -> Result<Option<SubKey>, Refusal> {
+        if !c.durable && !c.shared {
+            if !c.subscription_name.is_empty() {
+                return Err(illegal(
+                    "a subscription name needs a durable or shared subscription".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if dest.kind() != tandem_protocol::model::DestinationKind::Topic {
+            let what = if c.durable { "durable" } else { "shared" };
+            return Err(Refusal::new(
+                ErrorCode::InvalidDestination,
+                format!("{what} subscriptions are made on topics, not on {dest}"),
+            ));
+        }
+        if c.subscription_name.is_empty() {
+            return Err(illegal(
+                "a durable or shared subscription needs a name".into(),
+            ));
+        }
+        if c.durable && !c.shared && self.client_id.is_none() {
+            return Err(illegal(format!(
+                "the unshared durable subscription {:?} needs a client id: set one on the connection",
+                c.subscription_name
+            )));
+        }
+        if c.shared && c.no_local {
+            return Err(illegal(
+                "noLocal is not defined for shared subscriptions".into(),
+            ));
+        }
+        Ok(Some(SubKey {
+            durable: c.durable,
+            client_id: self.client_id.clone(),
+            name: c.subscription_name.clone(),
+        }))
+    }
+
+    /// Writes records and waits until they are durable (subscription changes: rare, and answered
+    /// only once they would survive a crash).
+    async fn journal(&self, records: Vec<Record>) -> Result<(), Refusal> {
+        let storage = |e: crate::store::StoreError| Refusal::new(ErrorCode::StorageFailure, e.0);
+        let durable = self.inner.store.submit(records).await.map_err(storage)?;
+        durable.await.map_err(storage)
+    }
+
+    async fn on_unsubscribe(&mut self, u: &wire::Unsubscribe) -> Result<(), Refusal> {
+        let key = SubKey {
+            durable: true,
+            client_id: self.client_id.clone(),
+            name: u.subscription_name.clone(),
+        };
+        let records = self.inner.subscriptions.unsubscribe(&self.inner, &key)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.journal(records).await
+    }
+
+    fn on_temp_create(&mut self, d: Option<&wire::Destination>) -> Result<(), Refusal> {
+        let dest = parse_destination(
+            d.ok_or_else(|| Refusal::new(ErrorCode::InvalidDestination, "no destination"))?,
+        )?;
+        if dest.kind().is_temporary() {
+            self.auth
+                .check_use(&self.inner, Permission::Create, &dest)?;
+        }
+        self.inner.temps.create(&self.inner, &dest, self.id)
+    }
+
+    fn on_temp_delete(&mut self, d: Option<&wire::Destination>) -> Result<(), Refusal> {
+        let dest = parse_destination(
+            d.ok_or_else(|| Refusal::new(ErrorCode::InvalidDestination, "no destination"))?,
+        )?;
+        let open = self
+            .consumers
+            .values()
+            .filter(|c| c.destination == dest)
+            .count();
+        if open > 0 {
+            return Err(illegal(format!(
+                "{dest} has {open} open consumers: close them before deleting it"
+            )));
+        }
+        self.inner.temps.delete(&self.inner, &dest, self.id)
     }
 
     /// Closes a consumer. Deliveries after `last_consumed` go back unseen; with `None` every
@@ -1288,8 +1430,10 @@ impl Connection {
             };
             requeue(&self.inner, unseen.into_iter().map(|u| (u, false)), now);
         }
-        if let Attachment::Topic { topic, .. } = &c.attachment {
-            topic.unsubscribe((self.id, consumer_id));
+        match &c.attachment {
+            Attachment::Topic { topic, .. } => topic.unsubscribe((self.id, consumer_id)),
+            Attachment::Named { key, .. } => self.inner.subscriptions.detach(key),
+            Attachment::Queue(_) => {}
         }
         Ok(())
     }
@@ -1414,6 +1558,8 @@ impl Connection {
         for s in sessions {
             let _ = self.on_session_close(s);
         }
+        // After the consumers: nothing of this connection is attached to them any more.
+        self.inner.temps.connection_closed(&self.inner, self.id);
         if let Some(cid) = &self.client_id {
             self.inner.client_ids.lock().remove(cid);
         }

@@ -36,8 +36,11 @@ pub mod session;
 pub mod settings;
 mod stomp;
 pub mod store;
+mod subscription;
+mod temp;
 pub mod tls;
 pub mod topic;
 
 pub use broker::{Broker, BrokerError, BrokerStats, Health};
 pub use config::{BrokerConfig, ConfigError};
+pub use temp::MAX_PER_CONNECTION as MAX_TEMP_DESTINATIONS_PER_CONNECTION;

@@ -459,6 +459,22 @@ impl Queue {
         }
     }
 
+    /// [`Queue::remove`], returning the messages it still held (ready and scheduled; not those in
+    /// flight), so that their journal refs can be acknowledged.
+    pub fn remove_returning(&self) -> Vec<Arc<BrokerMessage>> {
+        let held: Vec<Arc<BrokerMessage>> = {
+            let st = self.state.lock();
+            st.ready
+                .iter()
+                .flat_map(|level| level.values())
+                .chain(st.scheduled.values())
+                .map(|e| e.msg.clone())
+                .collect()
+        };
+        self.remove();
+        held
+    }
+
     /// Drops every message and refuses returns from now on (a non-durable subscription going away).
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Release);

@@ -76,6 +76,23 @@ impl Topic {
         }
     }
 
+    /// Replaces the subscription with the same consumer key (a durable subscription's noLocal
+    /// connection changes with its consumer); keeps its place, so nothing routed is lost.
+    pub fn replace(&self, sub: Arc<Subscription>) {
+        let mut subs = self.subscriptions.write();
+        match subs.iter_mut().find(|s| s.consumer_key == sub.consumer_key) {
+            Some(s) => *s = sub,
+            None => subs.push(sub),
+        }
+    }
+
+    /// Takes a subscription off the topic without touching its queue.
+    pub fn remove_subscription(&self, consumer_key: (u64, u64)) -> Option<Arc<Subscription>> {
+        let mut subs = self.subscriptions.write();
+        let i = subs.iter().position(|s| s.consumer_key == consumer_key)?;
+        Some(subs.swap_remove(i))
+    }
+
     /// The queues a message goes to.
     pub fn route(&self, msg: &BrokerMessage) -> Vec<Arc<Queue>> {
         self.subscriptions

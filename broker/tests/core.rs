@@ -509,13 +509,13 @@ async fn requests_on_unknown_ids_get_errors_and_the_connection_stays_usable() {
             wire::SessionOpen {
                 request_id,
                 session_id: 2,
-                ack_mode: AckMode::Transacted as i32,
+                ack_mode: 99,
             }
             .into()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.0, ErrorCode::NotImplemented);
+    assert_eq!(e.0, ErrorCode::IllegalState, "an unknown ack mode");
     let e = c
         .send_msg(5, 1, text(&queue("q"), 1, true))
         .await

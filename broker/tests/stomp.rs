@@ -807,23 +807,30 @@ async fn transactions_commit_atomically_abort_gives_back_and_unknown_ones_are_re
 }
 
 #[tokio::test]
-async fn durable_subscriptions_are_refused_not_faked() {
+async fn durable_subscriptions_pass_through() {
     let b = broker().await;
+    // Durable subscriptions pass through to the native ones: the subscription collects what is
+    // published while no subscriber is attached, and a new SUBSCRIBE of that name gets it.
     let mut s = Stomp::connect_with(&b, &[("client-id", "durable-client")])
         .await
         .0;
-    s.send(frame(
-        Command::Subscribe,
-        &[
-            ("id", "d"),
-            ("destination", "/topic/t"),
-            ("activemq.subscriptionName", "keep"),
-        ],
-    ))
-    .await;
-    let e = s.expect(Command::Error).await;
-    assert_eq!(e.header("error-name"), Some("not-implemented"));
-    assert!(s.closed().await);
+    let keep = [("activemq.subscriptionName", "keep")];
+    s.subscribe("d", "/topic/t", "auto", &keep).await;
+    assert_eq!(
+        b.durable_subscription_pending(Some("durable-client"), "keep"),
+        Some(0)
+    );
+    s.with_receipt(frame(Command::Unsubscribe, &[("id", "d")]), "unsub-d")
+        .await;
+    let mut p = Stomp::connect(&b).await;
+    p.send_text("/topic/t", "kept", &[]).await;
+    assert_eq!(
+        b.durable_subscription_pending(Some("durable-client"), "keep"),
+        Some(1)
+    );
+    s.subscribe("d2", "/topic/t", "auto", &keep).await;
+    assert_eq!(body(&s.expect(Command::Message).await), "kept");
+
     b.shutdown().await;
 }
 
@@ -917,5 +924,41 @@ async fn a_stomp_connection_counts_once_against_the_limit() {
 async fn listener_is_off_when_not_configured() {
     let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
     assert_eq!(b.stomp_addr(), None);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_destinations_belong_to_the_subscribing_connection() {
+    let b = broker().await;
+    let mut owner = Stomp::connect(&b).await;
+    let mut other = Stomp::connect(&b).await;
+    // Nobody created it yet: a send finds nothing.
+    let mut f = frame(Command::Send, &[("destination", "/temp-queue/replies")]);
+    f.headers.push(("receipt".into(), "early".into()));
+    other.send(f).await;
+    let e = other.expect(Command::Error).await;
+    assert_eq!(
+        e.header("error-name"),
+        Some("destination-not-found"),
+        "{e:?}"
+    );
+    assert!(other.closed().await);
+
+    owner
+        .subscribe("r", "/temp-queue/replies", "auto", &[])
+        .await;
+    let mut sender = Stomp::connect(&b).await;
+    sender.send_text("/temp-queue/replies", "hi", &[]).await;
+    assert_eq!(body(&owner.expect(Command::Message).await), "hi");
+    // Only its connection may subscribe.
+    let mut thief = Stomp::connect(&b).await;
+    thief
+        .send(frame(
+            Command::Subscribe,
+            &[("id", "t"), ("destination", "/temp-queue/replies")],
+        ))
+        .await;
+    let e = thief.expect(Command::Error).await;
+    assert_eq!(e.header("error-name"), Some("illegal-state"), "{e:?}");
     b.shutdown().await;
 }

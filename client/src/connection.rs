@@ -671,6 +671,24 @@ impl Connection {
         Session::open(self.shared.clone(), ack_mode).await
     }
 
+    /// A temporary queue owned by this connection (see [`crate::TemporaryDestination`]).
+    pub async fn create_temporary_queue(&self) -> Result<crate::TemporaryDestination> {
+        crate::TemporaryDestination::create(
+            self.shared.clone(),
+            tandem_protocol::model::DestinationKind::TempQueue,
+        )
+        .await
+    }
+
+    /// A temporary topic owned by this connection (see [`crate::TemporaryDestination`]).
+    pub async fn create_temporary_topic(&self) -> Result<crate::TemporaryDestination> {
+        crate::TemporaryDestination::create(
+            self.shared.clone(),
+            tandem_protocol::model::DestinationKind::TempTopic,
+        )
+        .await
+    }
+
     /// Closes the connection: closes its sessions (their consumers' unacknowledged deliveries go
     /// back to the broker), sends `Close`, and waits until the writer has flushed it. Pending sends
     /// and requests fail with [`Error::ConnectionClosed`]. Idempotent.

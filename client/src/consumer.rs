@@ -67,7 +67,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// A durable topic subscription of this name (with the connection's client id, unless shared).
+    /// A durable topic subscription of this name, identified with the connection's client id (an
+    /// unshared one requires a client id; a shared one may do without).
     pub fn durable(mut self, name: impl Into<String>) -> Self {
         self.subscription_name = Some(name.into());
         self.durable = true;

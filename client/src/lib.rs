@@ -84,6 +84,7 @@ mod producer;
 mod reconnect;
 mod session;
 mod shared;
+mod temp;
 mod tls;
 mod transport;
 mod url;
@@ -103,6 +104,7 @@ pub use event::{ConnectionEvent, Events};
 pub use producer::{Producer, Receipt};
 pub use reconnect::{Reconnect, ReconnectPolicy, SplitMix64, Step};
 pub use session::{AckMode, Session};
+pub use temp::TemporaryDestination;
 pub use tls::TlsOptions;
 pub use url::{BrokerUrl, Endpoint};
 

@@ -239,6 +239,84 @@ impl Session {
         ConsumerBuilder::new(self.core.clone(), destination.clone())
     }
 
+    /// JMS `createDurableConsumer`: a consumer on the unshared durable subscription `name` of the
+    /// connection's client id (which must be set), created if it does not exist. The subscription
+    /// keeps collecting messages while no consumer is open, and survives broker restarts. At most
+    /// one consumer may be open on it ([`tandem_protocol::ErrorCode::IllegalState`]). Asking with a
+    /// different topic, selector or `no_local` deletes it (its messages are lost) and creates it
+    /// anew.
+    pub async fn durable_consumer(
+        &self,
+        topic: &Destination,
+        name: &str,
+        selector: Option<&str>,
+        no_local: bool,
+    ) -> Result<Consumer> {
+        let mut b = self.consumer(topic).durable(name).no_local(no_local);
+        if let Some(s) = selector {
+            b = b.selector(s);
+        }
+        b.build().await
+    }
+
+    /// JMS `createSharedConsumer`: a consumer on the shared non-durable subscription `name` (with
+    /// the client id, if set). Its consumers, on any connection, share its messages; it ends when
+    /// its last consumer closes.
+    pub async fn shared_consumer(
+        &self,
+        topic: &Destination,
+        name: &str,
+        selector: Option<&str>,
+    ) -> Result<Consumer> {
+        let mut b = self.consumer(topic).shared(name);
+        if let Some(s) = selector {
+            b = b.selector(s);
+        }
+        b.build().await
+    }
+
+    /// JMS `createSharedDurableConsumer`: a consumer on the shared durable subscription `name`
+    /// (with the client id, if set). Its consumers share its messages; it outlives them until
+    /// [`Session::unsubscribe`].
+    pub async fn shared_durable_consumer(
+        &self,
+        topic: &Destination,
+        name: &str,
+        selector: Option<&str>,
+    ) -> Result<Consumer> {
+        let mut b = self.consumer(topic).shared(name).durable(name);
+        if let Some(s) = selector {
+            b = b.selector(s);
+        }
+        b.build().await
+    }
+
+    /// JMS `unsubscribe`: deletes the durable subscription `name` (of the connection's client id)
+    /// and its messages. Refused with [`tandem_protocol::ErrorCode::IllegalState`] while a consumer
+    /// is open on it or one of its messages is unacknowledged, and with
+    /// [`tandem_protocol::ErrorCode::UnknownSubscription`] if there is none of that name.
+    pub async fn unsubscribe(&self, name: &str) -> Result<()> {
+        crate::temp::unsubscribe(&self.core.shared, name).await
+    }
+
+    /// JMS `createTemporaryQueue`: see [`crate::TemporaryDestination`].
+    pub async fn create_temporary_queue(&self) -> Result<crate::TemporaryDestination> {
+        crate::TemporaryDestination::create(
+            self.core.shared.clone(),
+            tandem_protocol::model::DestinationKind::TempQueue,
+        )
+        .await
+    }
+
+    /// JMS `createTemporaryTopic`: see [`crate::TemporaryDestination`].
+    pub async fn create_temporary_topic(&self) -> Result<crate::TemporaryDestination> {
+        crate::TemporaryDestination::create(
+            self.core.shared.clone(),
+            tandem_protocol::model::DestinationKind::TempTopic,
+        )
+        .await
+    }
+
     /// JMS `Session.recover()`: stops handing out what is buffered, drops the local buffers and
     /// asks the broker to take back everything unacknowledged in the session. Messages the
     /// application had seen come again marked redelivered; merely prefetched ones come back

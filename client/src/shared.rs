@@ -186,6 +186,8 @@ pub(crate) struct State {
     pub(crate) consumers: HashMap<u64, ConsumerSlot>,
     pub(crate) sessions: HashMap<u64, SessionState>,
     pub(crate) producers: HashMap<u64, ProducerReg>,
+    /// Temporary destinations this connection created: created again on a new link.
+    pub(crate) temps: std::collections::BTreeSet<tandem_protocol::model::Destination>,
 }
 
 impl State {
@@ -801,6 +803,20 @@ impl Shared {
                 waits.push(self.request_locked(
                     &mut st,
                     |request_id| Frame::ProducerOpen(wire::ProducerOpen { request_id, ..open }),
+                    AfterAnswer::None,
+                )?);
+            }
+            // Before the consumers: a consumer of a temporary destination needs it to exist.
+            let temps: Vec<wire::Destination> = st.temps.iter().map(|d| d.to_wire()).collect();
+            for destination in temps {
+                waits.push(self.request_locked(
+                    &mut st,
+                    |request_id| {
+                        Frame::TempDestinationCreate(wire::TempDestinationCreate {
+                            request_id,
+                            destination: Some(destination),
+                        })
+                    },
                     AfterAnswer::None,
                 )?);
             }

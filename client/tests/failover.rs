@@ -380,3 +380,75 @@ async fn a_failover_url_goes_round_robin_over_its_endpoints() {
     assert_eq!(drain(&broker, "failover.rr").await, vec![1, 2]);
     broker.shutdown().await;
 }
+
+/// After a failover to the other "lane" (a restart on the same journal), a temporary queue is
+/// created again under its name (replies addressed to it in JMSReplyTo still reach this
+/// connection), and a durable consumer is attached again to its subscription, which kept
+/// collecting (from the journal) while the link was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_queues_and_durable_consumers_come_back_after_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start_broker(dir.path()).await;
+    let proxy = Proxy::start(broker.local_addr()).await;
+    let url = proxy.failover_url("initialReconnectDelay=10&maxReconnectDelay=200");
+    let conn = ConnectionFactory::new(&url)
+        .unwrap()
+        .with_client_id("fo-subscriber")
+        .with_request_timeout(GUARD)
+        .connect()
+        .await
+        .unwrap();
+    let mut events = conn.events();
+    let s = conn.create_session(AckMode::Auto).await.unwrap();
+    let replies = s.create_temporary_queue().await.unwrap();
+    let mut reply_consumer = s
+        .create_consumer(replies.destination(), None)
+        .await
+        .unwrap();
+    let news = Destination::topic("fo.news").unwrap();
+    let mut durable = s
+        .durable_consumer(&news, "fo-daily", None, false)
+        .await
+        .unwrap();
+    conn.start();
+
+    // Published while the subscriber's link is down: only the journal holds it.
+    broker.shutdown().await;
+    broker = start_broker(dir.path()).await;
+    assert_eq!(
+        broker.durable_subscription_pending(Some("fo-subscriber"), "fo-daily"),
+        Some(0)
+    );
+    let direct = ConnectionFactory::new(&format!("tcp://{}", broker.local_addr().unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ds = direct.create_session(AckMode::Auto).await.unwrap();
+    let mut publisher = ds.create_producer(Some(&news)).await.unwrap();
+    publisher.send(Message::text("while away")).await.unwrap();
+    proxy.point_to(broker.local_addr());
+    expect_failover(&mut events).await;
+
+    let got = durable
+        .receive(GUARD)
+        .await
+        .unwrap()
+        .expect("the durable subscription kept it");
+    assert_eq!(got.text_body(), Some("while away"));
+    assert_eq!(broker.temporary_destinations(), 1, "created again");
+    let mut replier = ds
+        .create_producer(Some(replies.destination()))
+        .await
+        .unwrap();
+    replier.send(Message::text("reply")).await.unwrap();
+    let got = reply_consumer
+        .receive(GUARD)
+        .await
+        .unwrap()
+        .expect("the reply reaches the recreated temporary queue");
+    assert_eq!(got.text_body(), Some("reply"));
+    direct.close().await.unwrap();
+    conn.close().await.unwrap();
+    broker.shutdown().await;
+}

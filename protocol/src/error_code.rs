@@ -59,11 +59,14 @@ pub enum ErrorCode {
     StorageFailure = 25,
     /// The server has lost its lease (failover) and no longer serves.
     Fenced = 26,
+    /// No durable subscription of that name (and client id) exists (JMS: InvalidDestination on
+    /// `unsubscribe`).
+    UnknownSubscription = 27,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnknownFrameType,
         ErrorCode::FrameTooLarge,
@@ -90,6 +93,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::StorageFailure,
         ErrorCode::Fenced,
+        ErrorCode::UnknownSubscription,
     ];
 
     /// The wire number.
@@ -131,6 +135,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::StorageFailure => "storage-failure",
             ErrorCode::Fenced => "fenced",
+            ErrorCode::UnknownSubscription => "unknown-subscription",
         }
     }
 }
@@ -165,5 +170,6 @@ mod tests {
         assert_eq!(ErrorCode::DestinationFull.code(), 8);
         assert_eq!(ErrorCode::NotImplemented.code(), 15);
         assert_eq!(ErrorCode::Fenced.code(), 26);
+        assert_eq!(ErrorCode::UnknownSubscription.code(), 27);
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! The length counts the type byte, so the smallest frame is `00 00 00 01 TT`. Type numbers are
 //! grouped by area (0x0_ connection, 0x1_ sessions, 0x2_ producers, 0x3_ consumers, 0x4_
-//! transactions) and never reused.
+//! transactions, 0x5_ temporary destinations) and never reused.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
@@ -120,9 +120,12 @@ frames! {
     Ack = 0x33,
     Nack = 0x34,
     Flow = 0x35,
+    Unsubscribe = 0x36,
     TxBegin = 0x40,
     TxCommit = 0x41,
     TxRollback = 0x42,
+    TempDestinationCreate = 0x50,
+    TempDestinationDelete = 0x51,
 }
 
 impl Frame {
@@ -186,5 +189,43 @@ mod tests {
         let mut expect = vec![0, 0, 0, body.len() as u8 + 1, 0x04];
         expect.extend_from_slice(&body);
         assert_eq!(&f.to_bytes()[..], &expect[..]);
+    }
+
+    #[test]
+    fn subscription_and_temp_destination_frame_layouts() {
+        let f = Frame::Unsubscribe(wire::Unsubscribe {
+            request_id: 2,
+            subscription_name: "s".into(),
+        });
+        assert_eq!(
+            &f.to_bytes()[..],
+            &[0, 0, 0, 6, 0x36, 0x08, 2, 0x12, 1, b's']
+        );
+        let dest = wire::Destination {
+            kind: wire::DestinationKind::TempQueue as i32,
+            name: "t".into(),
+        };
+        // destination: field 2, len 5 = (field 1 varint 2) (field 2 len 1 't')
+        let body = [0x08, 3, 0x12, 5, 0x08, 2, 0x12, 1, b't'];
+        for (f, ty) in [
+            (
+                Frame::TempDestinationCreate(wire::TempDestinationCreate {
+                    request_id: 3,
+                    destination: Some(dest.clone()),
+                }),
+                0x50,
+            ),
+            (
+                Frame::TempDestinationDelete(wire::TempDestinationDelete {
+                    request_id: 3,
+                    destination: Some(dest.clone()),
+                }),
+                0x51,
+            ),
+        ] {
+            let mut expect = vec![0, 0, 0, body.len() as u8 + 1, ty];
+            expect.extend_from_slice(&body);
+            assert_eq!(&f.to_bytes()[..], &expect[..]);
+        }
     }
 }

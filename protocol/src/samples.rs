@@ -16,6 +16,9 @@ pub fn sample_frames() -> Vec<Frame> {
     msg.destination = Destination::queue("orders").ok();
     msg.timestamp = 1_700_000_000_000;
     let encoded = msg.encode();
+    let temp = Destination::new(crate::model::DestinationKind::TempQueue, "tmp-1f2e-1")
+        .unwrap()
+        .to_wire();
     vec![
         wire::Connect {
             min_version: 1,
@@ -147,6 +150,11 @@ pub fn sample_frames() -> Vec<Frame> {
             credit: 5,
         }
         .into(),
+        wire::Unsubscribe {
+            request_id: 15,
+            subscription_name: "audit".into(),
+        }
+        .into(),
         wire::TxBegin {
             request_id: 12,
             session_id: 2,
@@ -178,6 +186,16 @@ pub fn sample_frames() -> Vec<Frame> {
                 consumer_id: 4,
                 delivery_id: 9,
             }],
+        }
+        .into(),
+        wire::TempDestinationCreate {
+            request_id: 16,
+            destination: Some(temp.clone()),
+        }
+        .into(),
+        wire::TempDestinationDelete {
+            request_id: 17,
+            destination: Some(temp),
         }
         .into(),
     ]

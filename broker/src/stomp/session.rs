@@ -848,6 +848,16 @@ impl Session {
             },
         );
         self.consumers.insert(consumer_id, id);
+        if destination.kind().is_temporary() {
+            // STOMP has no create frame: the first SUBSCRIBE creates the temporary destination,
+            // owned by this connection (again is a no-op). Sends before it find nothing.
+            let request_id = self.request(format!("SUBSCRIBE {dest_header}"), None);
+            self.forward(Frame::TempDestinationCreate(wire::TempDestinationCreate {
+                request_id,
+                destination: Some(destination.to_wire()),
+            }))
+            .await?;
+        }
         self.forward(Frame::ConsumerOpen(wire::ConsumerOpen {
             request_id,
             session_id: SESSION_ID,

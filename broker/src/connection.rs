@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::broker::{BrokerInner, DupStatus, DupTicket};
 use crate::journal::Record;
 use crate::message::{BrokerMessage, Refusal, now_ms};
-use crate::queue::Queue;
+use crate::queue::{BrowsePos, Queue};
 use crate::security::acl::Permission;
 use crate::security::{Authenticated, Peer};
 use crate::session::{ConsumerShared, OUTBOUND_HIGH, Outbound, SessionShared, Unacked};
@@ -49,6 +49,20 @@ struct TxState {
     /// Why the transaction can only roll back (a send in it was refused).
     doomed: Option<String>,
 }
+
+/// A queue browser: where it stands in its queue and how much more it may be sent.
+struct Browser {
+    session_id: u64,
+    queue: Arc<Queue>,
+    selector: Option<Selector>,
+    after: Option<BrowsePos>,
+    credit: u32,
+    shown: u64,
+    done: bool,
+}
+
+/// Most messages one browser is sent per turn of the connection task (its window may be larger).
+const BROWSE_BATCH: usize = 256;
 
 struct TxSend {
     routed: Routed,
@@ -300,6 +314,8 @@ struct Connection {
     pending: Arc<AtomicUsize>,
     /// The open transaction of each transacted session (and only of those).
     txs: HashMap<u64, TxState>,
+    /// Queue browsers by consumer id: they walk their queue, consuming nothing.
+    browsers: HashMap<u64, Browser>,
 }
 
 /// Serves one connection until the peer leaves, an error closes it, or the broker shuts down.
@@ -344,6 +360,7 @@ pub(crate) async fn run<S>(
         confirm,
         pending,
         txs: HashMap::new(),
+        browsers: HashMap::new(),
     };
     conn.serve(&mut inbound, heartbeat).await;
     conn.cleanup();
@@ -579,9 +596,13 @@ impl Connection {
             },
             Frame::Flow(f) => {
                 if let Some(c) = self.consumers.get(&f.consumer_id) {
+                    // The queue knows its consumers by their broker-wide key, not the
+                    // connection-local id (another connection may use the same id).
                     c.attachment
                         .queue()
-                        .add_credit(f.consumer_id, f.credit, now_ms());
+                        .add_credit(c.shared.key, f.credit, now_ms());
+                } else if self.browsers.contains_key(&f.consumer_id) {
+                    self.browse_more(f.consumer_id, f.credit);
                 } else {
                     self.reply(0, Err(unknown_consumer(f.consumer_id)));
                 }
@@ -611,11 +632,13 @@ impl Connection {
             Frame::ConsumerOpen(c) => {
                 let r = self.on_consumer_open(&c).await;
                 self.reply(c.request_id, r);
-                if let Some(c) = self.consumers.get(&c.consumer_id) {
+                if let Some(open) = self.consumers.get(&c.consumer_id) {
                     // Attach only after the Ok is queued, so no delivery overtakes it.
-                    c.attachment
+                    open.attachment
                         .queue()
-                        .add_consumer(c.shared.clone(), now_ms());
+                        .add_consumer(open.shared.clone(), now_ms());
+                } else if self.browsers.contains_key(&c.consumer_id) {
+                    self.browse_more(c.consumer_id, c.prefetch);
                 }
             }
             Frame::ConsumerClose(c) => {
@@ -1181,6 +1204,37 @@ impl Connection {
         })
     }
 
+    /// Sends a browser up to `credit` more messages (at once or as earlier credit allows), and
+    /// BrowseDone once its queue has nothing further.
+    fn browse_more(&mut self, consumer_id: u64, credit: u32) {
+        let Some(b) = self.browsers.get_mut(&consumer_id) else {
+            return;
+        };
+        b.credit = b.credit.saturating_add(credit);
+        while !b.done && b.credit > 0 {
+            let want = (b.credit as usize).min(BROWSE_BATCH);
+            let (batch, end) = b.queue.browse(b.after, want, b.selector.as_ref());
+            for (pos, entry) in batch {
+                b.after = Some(pos);
+                b.credit -= 1;
+                b.shown += 1;
+                let _ = self.out.send(Frame::Deliver(wire::Deliver {
+                    consumer_id,
+                    delivery_id: b.shown,
+                    redelivered: entry.redelivered,
+                    delivery_count: entry.delivery_count + 1,
+                    message: entry.msg.encoded.clone(),
+                }));
+            }
+            if end {
+                b.done = true;
+                let _ = self
+                    .out
+                    .send(Frame::BrowseDone(wire::BrowseDone { consumer_id }));
+            }
+        }
+    }
+
     /// Waits for room on every target, up to the producer block timeout.
     async fn flow_control(
         &self,
@@ -1212,7 +1266,10 @@ impl Connection {
         let Some(session) = self.sessions.get(&c.session_id).cloned() else {
             return Err(unknown_session(c.session_id));
         };
-        if c.consumer_id == 0 || self.consumers.contains_key(&c.consumer_id) {
+        if c.consumer_id == 0
+            || self.consumers.contains_key(&c.consumer_id)
+            || self.browsers.contains_key(&c.consumer_id)
+        {
             return Err(illegal(format!(
                 "consumer id {} is zero or already open",
                 c.consumer_id
@@ -1245,10 +1302,26 @@ impl Connection {
             self.inner.temps.check_consumer(&dest, self.id)?;
         }
         if c.browser {
-            return Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                "queue browsers are not supported yet",
-            ));
+            if !dest.kind().is_queue() || named.is_some() {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidDestination,
+                    format!("only queues can be browsed, not {dest}"),
+                ));
+            }
+            let queue = self.inner.queue(&dest)?;
+            self.browsers.insert(
+                c.consumer_id,
+                Browser {
+                    session_id: c.session_id,
+                    queue,
+                    selector,
+                    after: None,
+                    credit: 0,
+                    shown: 0,
+                    done: false,
+                },
+            );
+            return Ok(());
         }
         let is_queue = dest.kind().is_queue();
         let shared = ConsumerShared::new(
@@ -1411,6 +1484,9 @@ impl Connection {
         consumer_id: u64,
         last_consumed: Option<u64>,
     ) -> Result<(), Refusal> {
+        if self.browsers.remove(&consumer_id).is_some() {
+            return Ok(());
+        }
         let Some(c) = self.consumers.remove(&consumer_id) else {
             return Err(unknown_consumer(consumer_id));
         };
@@ -1444,6 +1520,7 @@ impl Connection {
         };
         // An open transaction ends with its session: rolled back.
         self.txs.remove(&session_id);
+        self.browsers.retain(|_, b| b.session_id != session_id);
         let ids: Vec<u64> = self
             .consumers
             .iter()

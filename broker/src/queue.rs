@@ -31,6 +31,15 @@ pub struct Entry {
     pub redelivered: bool,
 }
 
+/// Where a queue browser stands: the last message it was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrowsePos {
+    /// Its priority level.
+    pub priority: u8,
+    /// Its position within that level.
+    pub seq: u64,
+}
+
 #[derive(Debug)]
 struct ConsumerSlot {
     consumer: Arc<ConsumerShared>,
@@ -473,6 +482,54 @@ impl Queue {
         };
         self.remove();
         held
+    }
+
+    /// Up to `limit` ready messages after `after` in delivery order (priority high to low, FIFO
+    /// within one), those `selector` selects; for a queue browser, which consumes nothing. The
+    /// second value is true when the queue has nothing further. Messages being delivered, or
+    /// scheduled for later, are not shown.
+    pub fn browse(
+        &self,
+        after: Option<BrowsePos>,
+        limit: usize,
+        selector: Option<&tandem_protocol::selector::Selector>,
+    ) -> (Vec<(BrowsePos, Entry)>, bool) {
+        let st = self.state.lock();
+        let mut out = Vec::new();
+        for prio in (0..10u8).rev() {
+            let range = match after {
+                Some(a) if prio > a.priority => continue,
+                Some(a) if prio == a.priority => st.ready[prio as usize].range(a.seq + 1..),
+                _ => st.ready[prio as usize].range(0..),
+            };
+            for (&seq, e) in range {
+                let selected = selector.is_none_or(|s| {
+                    s.matches(&SelectorView {
+                        msg: &e.msg,
+                        delivery_count: e.delivery_count + 1,
+                    })
+                });
+                if !selected {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, false);
+                }
+                let entry = Entry {
+                    msg: e.msg.clone(),
+                    delivery_count: e.delivery_count,
+                    redelivered: e.redelivered,
+                };
+                out.push((
+                    BrowsePos {
+                        priority: prio,
+                        seq,
+                    },
+                    entry,
+                ));
+            }
+        }
+        (out, true)
     }
 
     /// Drops every message and refuses returns from now on (a non-durable subscription going away).

@@ -907,3 +907,39 @@ async fn message_groups_stick_to_one_consumer_and_move_when_it_closes() {
     assert_eq!(n_of(&other.deliver().await), 21);
     b.shutdown().await;
 }
+
+/// Flow credit goes to the consumer that asked, even when another connection uses the same
+/// consumer id on the same queue (queues know consumers by a broker-wide key).
+#[tokio::test]
+async fn pull_credit_reaches_the_consumer_that_asked_not_a_namesake() {
+    let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
+    let q = queue("pull.namesakes");
+    let mut a = Raw::local(&b).await;
+    a.session(1, AckMode::Auto).await;
+    a.consumer(1, 1, &q, 0).await.unwrap();
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Auto).await;
+    c.consumer(1, 1, &q, 0).await.unwrap();
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    p.send_msg(1, 1, text(&q, 1, false)).await.unwrap();
+    c.send(
+        wire::Flow {
+            consumer_id: 1,
+            credit: 1,
+        }
+        .into(),
+    )
+    .await;
+    let d = c
+        .deliver_within(Duration::from_secs(5))
+        .await
+        .expect("the consumer that pulled gets the message");
+    assert_eq!(n_of(&d), 1);
+    assert!(
+        a.deliver_within(Duration::from_millis(200)).await.is_none(),
+        "the namesake on the other connection asked for nothing"
+    );
+    b.shutdown().await;
+}

@@ -962,3 +962,38 @@ async fn temporary_destinations_belong_to_the_subscribing_connection() {
     assert_eq!(e.header("error-name"), Some("illegal-state"), "{e:?}");
     b.shutdown().await;
 }
+
+/// ActiveMQ's STOMP browser convention: `browser:true` on SUBSCRIBE shows the queue's messages, then
+/// one MESSAGE with `browser:end`; nothing is consumed and nothing needs an ACK.
+#[tokio::test]
+async fn a_browser_subscription_shows_messages_then_browser_end_and_consumes_nothing() {
+    let b = broker().await;
+    let mut s = Stomp::connect(&b).await;
+    for body in ["one", "two", "three"] {
+        s.send_text("/queue/stomp.browse", body, &[]).await;
+    }
+    // A window of 2 for 3 messages: the browser's window refills without acks.
+    s.subscribe(
+        "b",
+        "/queue/stomp.browse",
+        "client",
+        &[("browser", "true"), ("activemq.prefetchSize", "2")],
+    )
+    .await;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let m = s.expect(Command::Message).await;
+        assert_eq!(m.header("subscription"), Some("b"));
+        bodies.push(body(&m).to_string());
+    }
+    assert_eq!(bodies, ["one", "two", "three"]);
+    let end = s.expect(Command::Message).await;
+    assert_eq!(end.header("browser"), Some("end"));
+    assert_eq!(end.header("subscription"), Some("b"));
+    // Nothing was consumed: a consumer gets all three.
+    s.subscribe("c", "/queue/stomp.browse", "auto", &[]).await;
+    for want in ["one", "two", "three"] {
+        assert_eq!(body(&s.expect(Command::Message).await), want);
+    }
+    b.shutdown().await;
+}

@@ -132,6 +132,7 @@ impl ConsumerBuilder {
                     waker: None,
                     pull_outstanding: 0,
                     open: open.clone(),
+                    browse_done: false,
                 },
             );
             let r = shared.request_locked_on_loss(
@@ -192,6 +193,8 @@ enum Polled {
     Message(Received),
     Failed(Error),
     Ended,
+    /// A browser has shown everything.
+    Exhausted,
 }
 
 impl Consumer {
@@ -217,7 +220,7 @@ impl Consumer {
             Ok(Polled::Message(m)) => Ok(Some(m)),
             Ok(Polled::Failed(e)) => Err(e),
             Ok(Polled::Ended) => Err(self.end_reason()),
-            Err(_) => Ok(None),
+            Ok(Polled::Exhausted) | Err(_) => Ok(None),
         }
     }
 
@@ -229,7 +232,7 @@ impl Consumer {
             Poll::Ready(Polled::Message(m)) => Ok(Some(m)),
             Poll::Ready(Polled::Failed(e)) => Err(e),
             Poll::Ready(Polled::Ended) => Err(self.end_reason()),
-            Poll::Pending => Ok(None),
+            Poll::Ready(Polled::Exhausted) | Poll::Pending => Ok(None),
         }
     }
 
@@ -266,6 +269,9 @@ impl Consumer {
             let Some(slot) = consumers.get_mut(&self.id) else {
                 return Poll::Ready(Polled::Ended);
             };
+            if slot.browser && slot.browse_done && slot.buffer.is_empty() {
+                return Poll::Ready(Polled::Exhausted);
+            }
             let Some(sess) = sessions.get_mut(&slot.session_id) else {
                 return Poll::Ready(Polled::Ended);
             };
@@ -308,6 +314,13 @@ impl Consumer {
             let Some(d) = slot.buffer.pop_front() else {
                 return Poll::Pending;
             };
+            if slot.browser && slot.prefetch > 0 && !slot.browse_done {
+                // A browser acknowledges nothing: its window refills by credit instead.
+                shared.push(Frame::Flow(wire::Flow {
+                    consumer_id: self.id,
+                    credit: 1,
+                }));
+            }
             if !slot.browser {
                 let pos = sess.positions.entry(self.id).or_default();
                 pos.handed = d.delivery_id;
@@ -472,7 +485,7 @@ impl Stream for Consumer {
         self.get_mut().poll_next_message(cx).map(|p| match p {
             Polled::Message(m) => Some(Ok(m)),
             Polled::Failed(e) => Some(Err(e)),
-            Polled::Ended => None,
+            Polled::Ended | Polled::Exhausted => None,
         })
     }
 }

@@ -121,6 +121,8 @@ pub(crate) struct ConsumerSlot {
     pub(crate) pull_outstanding: u32,
     /// The open frame (request id 0), replayed on a new link.
     pub(crate) open: wire::ConsumerOpen,
+    /// A browser whose queue has nothing further (BrowseDone arrived).
+    pub(crate) browse_done: bool,
 }
 
 impl ConsumerSlot {
@@ -539,11 +541,12 @@ impl Shared {
             let Some(sess) = sessions.get_mut(&slot.session_id) else {
                 return Ok(());
             };
-            if d.delivery_id <= sess.stale_up_to {
+            // A browser's deliveries are numbered apart and never taken back by a recover.
+            if !slot.browser && d.delivery_id <= sess.stale_up_to {
                 // Sent before the broker took the session's deliveries back for a recover.
                 return Ok(());
             }
-            if sess.recovering > 0 {
+            if sess.recovering > 0 && !slot.browser {
                 // Stale or new? The recover's answer will say (its delivery-id mark).
                 sess.held.push(d);
                 return Ok(());
@@ -619,6 +622,21 @@ impl Shared {
                 }
             }
             Frame::Pong(_) => {}
+            Frame::BrowseDone(b) => {
+                let waker = {
+                    let mut st = self.lock();
+                    if st.generation != generation {
+                        return true;
+                    }
+                    st.consumers.get_mut(&b.consumer_id).and_then(|slot| {
+                        slot.browse_done = true;
+                        slot.waker.take()
+                    })
+                };
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
             Frame::Close(c) => {
                 let code = (c.code != 0)
                     .then(|| ErrorCode::from_code(c.code))
@@ -696,6 +714,8 @@ impl Shared {
                 // The old broker gives these back (flagged redelivered); their acks cannot reach
                 // the new one.
                 c.buffer.clear();
+                // A browse starts over on the new link (the replayed open begins it again).
+                c.browse_done = false;
                 c.pull_outstanding = 0;
             }
             let lost_reason = err.to_string();

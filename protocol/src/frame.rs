@@ -121,6 +121,7 @@ frames! {
     Nack = 0x34,
     Flow = 0x35,
     Unsubscribe = 0x36,
+    BrowseDone = 0x37,
     TxBegin = 0x40,
     TxCommit = 0x41,
     TxRollback = 0x42,

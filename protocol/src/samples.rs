@@ -155,6 +155,7 @@ pub fn sample_frames() -> Vec<Frame> {
             subscription_name: "audit".into(),
         }
         .into(),
+        wire::BrowseDone { consumer_id: 4 }.into(),
         wire::TxBegin {
             request_id: 12,
             session_id: 2,

@@ -154,6 +154,9 @@ struct Subscription {
     ack: AckModeStomp,
     /// Highest delivery id written to the peer: ConsumerClose's `last_consumed`.
     last_forwarded: u64,
+    /// A queue browser (header `browser:true`): nothing to acknowledge; ends with a MESSAGE
+    /// carrying `browser:end` (ActiveMQ's convention). Holds its destination header for that frame.
+    browser: Option<String>,
 }
 
 /// A delivery written to the peer and waiting for its ACK or NACK.
@@ -587,6 +590,18 @@ impl Session {
     async fn on_native(&mut self, f: Frame) -> Step {
         match f {
             Frame::Deliver(d) => self.on_deliver(d).await?,
+            Frame::BrowseDone(b) => {
+                let Some(sub_id) = self.consumers.get(&b.consumer_id).cloned() else {
+                    return Ok(Flow::Continue);
+                };
+                let dest = self.subs.get(&sub_id).and_then(|s| s.browser.clone());
+                let end = StompFrame::new(Command::Message)
+                    .with_header("subscription", sub_id)
+                    .with_header("message-id", "BrowseEnd")
+                    .with_header("destination", dest.unwrap_or_default())
+                    .with_header("browser", "end");
+                self.write(Item::Frame(end)).await?;
+            }
             Frame::Ok(o) => {
                 if let Some((_, Some(r))) = self.pending.remove(&o.request_id) {
                     self.receipt(r).await?;
@@ -656,6 +671,15 @@ impl Session {
             .get_mut(&sub_id)
             .expect("consumers and subs agree");
         sub.last_forwarded = sub.last_forwarded.max(d.delivery_id);
+        if sub.browser.is_some() {
+            // A browser consumes nothing: keep its window full instead of acknowledging.
+            return self
+                .forward(Frame::Flow(wire::Flow {
+                    consumer_id: d.consumer_id,
+                    credit: 1,
+                }))
+                .await;
+        }
         match sub.ack {
             AckModeStomp::Auto => {
                 let e = self.auto_acks.entry(d.consumer_id).or_default();
@@ -845,6 +869,7 @@ impl Session {
                 consumer_id,
                 ack,
                 last_forwarded: 0,
+                browser: browser.then(|| dest_header.to_string()),
             },
         );
         self.consumers.insert(consumer_id, id);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::record::{Record, RecordView, SubscriptionRecord};
+use super::record::{RECORD_HEADER_LEN, Record, RecordView, SubscriptionRecord};
 
 pub(crate) type SegId = u64;
 
@@ -75,6 +75,9 @@ pub struct RecoveredMessage {
     pub encoded: Bytes,
     /// The queues it is on (never empty), in the order they were added.
     pub refs: Vec<RecoveredRef>,
+    /// Where its body is, for reading it back ([`super::Journal::read_body`]); `None` if it
+    /// was added inside a transaction.
+    pub location: Option<super::Location>,
 }
 
 /// One live ref of a recovered message.
@@ -196,6 +199,8 @@ pub(crate) struct State {
     msgs: FastMap<u64, MsgEntry>,
     /// Keep bodies (recovery) or not (the running writer).
     keep_bodies: bool,
+    /// During recovery only: where each message's top-level `AddMessage` is.
+    locations: FastMap<u64, super::Location>,
     segs: BTreeMap<SegId, SegInfo>,
     queues: HashSet<Arc<str>, FastBuild>,
     dests: HashMap<String, (u8, SegId), FastBuild>,
@@ -228,6 +233,7 @@ impl State {
         State {
             msgs: FastMap::default(),
             keep_bodies,
+            locations: FastMap::default(),
             segs: BTreeMap::new(),
             queues: HashSet::default(),
             dests: HashMap::default(),
@@ -252,6 +258,10 @@ impl State {
     /// avoid rehashing a million-entry map several times).
     pub(crate) fn reserve_messages(&mut self, additional: usize) {
         self.msgs.reserve(additional);
+    }
+
+    pub(crate) fn has_message(&self, msg_id: u64) -> bool {
+        self.msgs.contains_key(&msg_id)
     }
 
     pub(crate) fn message_count(&self) -> usize {
@@ -328,6 +338,20 @@ impl State {
         match rec {
             RecordView::AddMessage { msg_id, encoded } => {
                 let body = self.body_of(encoded, src);
+                if self.keep_bodies
+                    && let Some(src) = src
+                {
+                    // The body is a slice of the segment read: its record starts 13 bytes before.
+                    let at = encoded.as_ptr() as usize - src.as_ptr() as usize;
+                    self.locations.insert(
+                        *msg_id,
+                        super::Location {
+                            segment: seg,
+                            offset: (at - RECORD_HEADER_LEN - 8) as u32,
+                            len: encoded.len() as u32,
+                        },
+                    );
+                }
                 self.add_message(seg, *msg_id, body)
             }
             RecordView::AddRef { msg_id, queue } => self.add_ref(seg, *msg_id, queue),
@@ -477,7 +501,11 @@ impl State {
 
     fn apply_op(&mut self, seg: SegId, op: PendingOp) {
         match op {
-            PendingOp::AddMessage { msg_id, body } => self.add_message(seg, msg_id, body),
+            PendingOp::AddMessage { msg_id, body } => {
+                // Its record is a `Tx` wrapper, which `read_body` does not read.
+                self.locations.remove(&msg_id);
+                self.add_message(seg, msg_id, body)
+            }
             PendingOp::AddRef { msg_id, queue } => self.add_ref(seg, msg_id, &queue),
             PendingOp::AckRef { msg_id, queue } => self.ack_ref(seg, msg_id, &queue),
             PendingOp::DeliveryCount {
@@ -810,6 +838,11 @@ impl State {
             }
             messages.push(RecoveredMessage {
                 msg_id: *id,
+                location: self
+                    .locations
+                    .get(id)
+                    .copied()
+                    .filter(|l| l.segment == m.seg),
                 encoded: body,
                 refs: m
                     .refs
@@ -824,6 +857,7 @@ impl State {
         }
         messages.sort_unstable_by_key(|m| m.msg_id);
         out.messages = messages;
+        self.locations = FastMap::default();
 
         out.destinations = self
             .dests

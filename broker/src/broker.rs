@@ -89,6 +89,8 @@ pub(crate) struct BrokerInner {
     pub started: Instant,
     pub stats: BrokerStats,
     pub store: Box<dyn MessageStore>,
+    /// The global budget of queued bodies and the store's reader, given to every queue.
+    pub paging: crate::queue::Paging,
     /// Duplicate detection: the highest sequence stored per producer name.
     pub dup_seen: Mutex<DupCache>,
     /// Distinguishes this broker process in generated names.
@@ -169,6 +171,7 @@ impl BrokerInner {
         let limit = self.config.destination_memory_limit;
         let (mover, scheduler) = (Some(self.mover.clone()), Some(self.scheduler.clone()));
         Queue::with_settings(name, durable, limit, settings, mover, scheduler)
+            .with_paging(self.paging.clone())
     }
 
     /// The queue, created whatever auto_create says (dead-letter and expiry targets, recovery).
@@ -346,7 +349,12 @@ fn restore(inner: &BrokerInner, recovered: Recovered) {
     let mut messages = 0usize;
     for m in recovered.messages {
         let msg = match BrokerMessage::recovered(m.msg_id, m.encoded) {
-            Ok(msg) => Arc::new(msg),
+            Ok(msg) => {
+                if let Some(at) = m.location {
+                    msg.set_location(at);
+                }
+                Arc::new(msg)
+            }
             Err(e) => {
                 tracing::error!(msg_id = m.msg_id, error = %e.message, "journaled message does not decode; skipped");
                 continue;
@@ -456,7 +464,12 @@ impl Broker {
             Some(t) => Some(crate::tls::Tls::load(t).map_err(BrokerError::Config)?),
             None => None,
         };
+        let paging = crate::queue::Paging {
+            budget: crate::queue::Budget::new(config.global_memory_limit),
+            pager: store.pager(),
+        };
         let inner = Arc::new(BrokerInner {
+            paging,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
             queues: RwLock::new(HashMap::new()),
@@ -569,6 +582,12 @@ impl Broker {
     pub fn queue_snapshot(&self, name: &str) -> Option<QueueSnapshot> {
         let key = (DestinationKind::Queue, Arc::<str>::from(name));
         self.inner.queues.read().get(&key).map(|q| q.snapshot())
+    }
+
+    /// Bytes of queued bodies held in memory by every destination together, and the limit.
+    pub fn memory_used(&self) -> (usize, usize) {
+        let b = &self.inner.paging.budget;
+        (b.used(), b.limit())
     }
 
     /// Broker-wide counters.

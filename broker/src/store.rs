@@ -15,7 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::journal::{Journal, JournalError, Record};
+use bytes::Bytes;
+
+use crate::journal::{Journal, JournalError, Location, Record};
 
 /// A failure to make something durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +56,30 @@ pub trait MessageStore: Send + Sync + fmt::Debug + 'static {
     fn fence(&self) {}
     /// Appends the store's counters to `/metrics` (Prometheus text).
     fn write_metrics(&self, _out: &mut String) {}
+    /// Where the body of message `msg_id` was stored, once the unit holding its `AddMessage` is
+    /// durable; asked once per message (the store may forget it then). `None`: the store cannot
+    /// read it back, so the broker keeps the body in memory.
+    fn take_location(&self, _msg_id: u64) -> Option<Location> {
+        None
+    }
+    /// Reads bodies back for paging; `None` if this store cannot (the broker then never pages:
+    /// a full destination blocks or fails).
+    fn pager(&self) -> Option<Arc<dyn Pager>> {
+        None
+    }
+}
+
+/// Reads stored message bodies back (paging). Blocking: one positional read.
+pub trait Pager: Send + Sync + fmt::Debug + 'static {
+    /// The body of live message `msg_id`, last known at `at`.
+    fn read_body(&self, msg_id: u64, at: Location) -> Result<Bytes, StoreError>;
+}
+
+impl Pager for Journal {
+    fn read_body(&self, msg_id: u64, at: Location) -> Result<Bytes, StoreError> {
+        Journal::read_body(self, msg_id, at)
+            .map_err(|e| StoreError(format!("cannot read message {msg_id} back: {e}")))
+    }
 }
 
 /// Keeps nothing; every unit is "durable" at once.
@@ -128,6 +154,14 @@ impl MessageStore for JournalStore {
 
     fn fence(&self) {
         self.journal.fence();
+    }
+
+    fn take_location(&self, msg_id: u64) -> Option<Location> {
+        self.journal.take_location(msg_id)
+    }
+
+    fn pager(&self) -> Option<Arc<dyn Pager>> {
+        Some(self.journal.clone())
     }
 
     fn write_metrics(&self, out: &mut String) {

@@ -95,10 +95,13 @@ impl Placed {
     }
 }
 
+/// Open segment descriptors by segment id, valid for one reclaim generation.
+type OpenFiles = (u64, Vec<(u64, Arc<File>)>);
+
 /// Open segment descriptors, a few at most.
 #[derive(Debug, Default)]
 pub(crate) struct FileCache {
-    files: Mutex<(u64, Vec<(u64, Arc<File>)>)>,
+    files: Mutex<OpenFiles>,
 }
 
 const CACHED_FILES: usize = 8;

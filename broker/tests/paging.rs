@@ -1,0 +1,394 @@
+//! Paging and the full policies (docs/PAGING.md): a backlog far beyond a destination's memory
+//! budget is kept as compact entries with bodies in the journal, and consumed completely, in
+//! priority and send order, exactly once, with selectors, and again after a restart. `block`
+//! and `fail` push back on producers; what cannot be paged (non-persistent messages, no
+//! journal) is refused once the budget is used up.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+use tandem_broker::settings::{DestinationSettings, FullPolicy};
+use tandem_broker::{Broker, BrokerConfig};
+use tandem_protocol::ErrorCode;
+use tandem_protocol::model::{DeliveryMode, Destination, Message};
+use tandem_protocol::wire::{self, AckKind, AckMode};
+
+const LIMIT: usize = 16 << 10;
+const BODY: usize = 1000;
+
+fn config(dir: &Path) -> BrokerConfig {
+    BrokerConfig {
+        persistence: true,
+        data_dir: dir.to_path_buf(),
+        max_message_size: 4096,
+        destination_memory_limit: LIMIT,
+        global_memory_limit: 1 << 20,
+        producer_block_timeout_ms: 200,
+        ..BrokerConfig::embedded()
+    }
+}
+
+fn with_policy(mut c: BrokerConfig, pattern: &str, policy: FullPolicy) -> BrokerConfig {
+    c.address_settings.push(DestinationSettings {
+        pattern: pattern.into(),
+        full_policy: policy,
+        ..DestinationSettings::default()
+    });
+    c
+}
+
+/// Message `n`: priority from `n`, a colour property, a body of about 1 KB.
+fn msg(dest: &Destination, n: u64, persistent: bool) -> Bytes {
+    let mut m = Message::text(format!("{n:06}-{}", "x".repeat(BODY)))
+        .with_property("n", n as i64)
+        .unwrap()
+        .with_property("color", if n.is_multiple_of(2) { "red" } else { "blue" })
+        .unwrap();
+    m.set_priority(prio(n)).unwrap();
+    m.destination = Some(dest.clone());
+    m.message_id = Some(format!("ID:{n}"));
+    if !persistent {
+        m.delivery_mode = DeliveryMode::NonPersistent;
+    }
+    m.encode()
+}
+
+fn prio(n: u64) -> u8 {
+    [0, 4, 9][(n % 3) as usize]
+}
+
+/// The order a queue must deliver `ns` in: priority 9 to 0, send order within a priority.
+fn expected_order(ns: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut v: Vec<u64> = ns.into_iter().collect();
+    v.sort_by_key(|n| (std::cmp::Reverse(prio(*n)), *n));
+    v
+}
+
+/// A connection with session 1 and producer 1 to `q`, under a name no other producer has (the
+/// support helper names every producer `p-1`: duplicate detection would drop our sends).
+async fn producer(b: &Broker, q: &Destination) -> Raw {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let name = format!(
+        "paging-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut p = Raw::local(b).await;
+    p.session(1, AckMode::Auto).await;
+    p.request(|request_id| {
+        wire::ProducerOpen {
+            request_id,
+            session_id: 1,
+            producer_id: 1,
+            producer_name: name.clone(),
+            destination: Some(q.to_wire()),
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    p
+}
+
+async fn send_all(b: &Broker, q: &Destination, ns: impl IntoIterator<Item = u64>) {
+    let mut p = producer(b, q).await;
+    for n in ns {
+        p.send_msg(1, n, msg(q, n, true))
+            .await
+            .unwrap_or_else(|e| panic!("send {n}: {e:?}"));
+    }
+}
+
+/// Consumes everything with an individual-ack consumer (with `selector`): the `n`s in delivery
+/// order and whether any came flagged redelivered.
+async fn drain(b: &Broker, q: &Destination, selector: &str) -> (Vec<u64>, bool) {
+    let mut c = Raw::local(b).await;
+    c.session(1, AckMode::Individual).await;
+    c.request(|request_id| {
+        wire::ConsumerOpen {
+            request_id,
+            session_id: 1,
+            consumer_id: 1,
+            destination: Some(q.to_wire()),
+            prefetch: 10,
+            selector: selector.into(),
+            ..Default::default()
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut redelivered = false;
+    while let Some(d) = c.deliver_within(Duration::from_millis(1000)).await {
+        got.push(n_of(&d) as u64);
+        redelivered |= d.redelivered;
+        c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+    }
+    (got, redelivered)
+}
+
+fn metric(b: &Broker, family: &str, queue: &str) -> u64 {
+    let text = b.metrics();
+    let prefix = format!("{family}{{kind=\"queue\",name=\"{queue}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{prefix} not in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_far_beyond_the_budget_is_paged_and_consumed_in_order_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let q = queue("paged.orders");
+    let count = 300u64; // ~300 KB through a 16 KiB budget
+    send_all(&b, &q, 1..=count).await;
+
+    let snap = b.queue_snapshot("paged.orders").unwrap();
+    assert_eq!(snap.ready, count as usize);
+    assert!(
+        snap.memory <= LIMIT,
+        "bodies in memory stay within the budget: {snap:?}"
+    );
+    assert!(
+        snap.paged as u64 >= count - (LIMIT / BODY) as u64,
+        "{snap:?}"
+    );
+    assert_eq!(
+        metric(&b, "tandem_destination_paged", "paged.orders"),
+        snap.paged as u64
+    );
+    assert!(metric(&b, "tandem_destination_paged_bytes", "paged.orders") > 250_000);
+    assert_eq!(
+        b.memory_used().0,
+        snap.memory,
+        "the global budget counts the same bytes"
+    );
+
+    let (got, redelivered) = drain(&b, &q, "").await;
+    assert_eq!(
+        got,
+        expected_order(1..=count),
+        "priority, then send order, each once"
+    );
+    assert!(!redelivered);
+    assert!(metric(&b, "tandem_destination_page_reads_total", "paged.orders") >= snap.paged as u64);
+    assert_eq!(
+        metric(
+            &b,
+            "tandem_destination_page_read_errors_total",
+            "paged.orders"
+        ),
+        0
+    );
+    let snap = b.queue_snapshot("paged.orders").unwrap();
+    assert_eq!((snap.ready, snap.inflight, snap.paged), (0, 0, 0));
+    assert_eq!(snap.memory, 0);
+    assert_eq!(b.memory_used().0, 0, "everything released");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_see_paged_messages_and_each_consumer_gets_exactly_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let q = queue("paged.colors");
+    send_all(&b, &q, 1..=200).await;
+    assert!(b.queue_snapshot("paged.colors").unwrap().paged > 150);
+
+    let (red, _) = drain(&b, &q, "color = 'red'").await;
+    assert_eq!(
+        red,
+        expected_order((1..=200).filter(|n: &u64| n.is_multiple_of(2)))
+    );
+    // The blue ones were read back to be judged and left paged: they are all still there.
+    let snap = b.queue_snapshot("paged.colors").unwrap();
+    assert_eq!(snap.ready, 100, "{snap:?}");
+    assert!(
+        snap.paged >= 90,
+        "read back for the selector, then paged again: {snap:?}"
+    );
+    let (blue, _) = drain(&b, &q, "color = 'blue' AND n > 0").await;
+    assert_eq!(blue, expected_order((1..=200).filter(|n| n % 2 == 1)));
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_paged_backlog_comes_back_paged_in_order_without_acked_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue("paged.restart");
+    let count = 240u64;
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    send_all(&b, &q, 1..=count).await;
+    // Acknowledge the first 30 in delivery order (durable acks: client waits for them).
+    let first: Vec<u64> = {
+        let mut c = Raw::local(&b).await;
+        c.session(1, AckMode::Individual).await;
+        c.consumer(1, 1, &q, 30).await.unwrap();
+        let mut acked = Vec::new();
+        for _ in 0..30 {
+            let d = c.deliver().await;
+            acked.push(n_of(&d) as u64);
+            c.request(|request_id| {
+                wire::Ack {
+                    session_id: 1,
+                    consumer_id: 1,
+                    delivery_id: d.delivery_id,
+                    kind: AckKind::Individual as i32,
+                    request_id,
+                }
+                .into()
+            })
+            .await
+            .unwrap();
+        }
+        acked
+    };
+    assert_eq!(first, expected_order(1..=count)[..30]);
+    b.shutdown().await;
+
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let snap = b.queue_snapshot("paged.restart").unwrap();
+    assert_eq!(snap.ready, (count - 30) as usize);
+    assert!(
+        snap.memory <= LIMIT && snap.paged > 150,
+        "recovered paged: {snap:?}"
+    );
+    let (got, redelivered) = drain(&b, &q, "").await;
+    let acked: HashSet<u64> = first.into_iter().collect();
+    assert_eq!(
+        got,
+        expected_order((1..=count).filter(|n| !acked.contains(n))),
+        "every unacknowledged message once, in order; no acknowledged one"
+    );
+    assert!(redelivered, "recovered messages are flagged");
+    b.shutdown().await;
+
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    assert_eq!(b.queue_snapshot("paged.restart").map_or(0, |s| s.ready), 0);
+    b.shutdown().await;
+}
+
+/// Sends until the first refusal; returns (messages accepted, the refusal, time it took).
+async fn fill(
+    b: &Broker,
+    q: &Destination,
+    persistent: bool,
+) -> (u64, (ErrorCode, String), Duration) {
+    let mut p = producer(b, q).await;
+    for n in 1..=200 {
+        let t = tokio::time::Instant::now();
+        if let Err(e) = p.send_msg(1, n, msg(q, n, persistent)).await {
+            return (n - 1, e, t.elapsed());
+        }
+    }
+    panic!("200 messages of 1 KB never filled a 16 KiB budget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_waits_for_room_and_fail_refuses_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_policy(config(dir.path()), "blocking.#", FullPolicy::Block);
+    let c = with_policy(c, "failing.#", FullPolicy::Fail);
+    let b = Broker::start(c).await.unwrap();
+
+    let q = queue("blocking.q");
+    let (accepted, (code, message), waited) = fill(&b, &q, true).await;
+    assert_eq!(code, ErrorCode::DestinationFull);
+    assert!(message.contains("waited 200 ms"), "{message}");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "blocked first: {waited:?}"
+    );
+    assert!(accepted >= (LIMIT / 1100) as u64 && accepted <= (LIMIT / BODY) as u64 + 1);
+    assert_eq!(
+        b.queue_snapshot("blocking.q").unwrap().paged,
+        0,
+        "block never pages"
+    );
+    // A blocked send goes through as soon as a consumer makes room.
+    let mut p = producer(&b, &q).await;
+    let send = tokio::spawn(async move {
+        let r = p
+            .send_msg(1, 1000, msg(&queue("blocking.q"), 1000, true))
+            .await;
+        (r, p)
+    });
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Individual).await;
+    c.consumer(1, 1, &q, 1).await.unwrap();
+    let d = c.deliver().await;
+    c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+    let (r, _p) = send.await.unwrap();
+    r.expect("room was made within the block timeout");
+
+    let q = queue("failing.q");
+    let (_, (code, message), _) = fill(&b, &q, true).await;
+    assert_eq!(code, ErrorCode::DestinationFull);
+    assert!(
+        message.contains("waited 0 ms"),
+        "fail does not wait: {message}"
+    );
+    assert_eq!(b.queue_snapshot("failing.q").unwrap().paged, 0);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_paged_is_refused_once_the_budget_is_used_up() {
+    // Non-persistent messages never touch the journal: a `page` destination blocks them.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let q = queue("paged.mixed");
+    let (accepted, (code, message), _) = fill(&b, &q, false).await;
+    assert_eq!(code, ErrorCode::DestinationFull, "{message}");
+    assert!(message.contains("waited 200 ms"), "{message}");
+    assert!(accepted <= (LIMIT / BODY) as u64 + 1);
+    // ... while persistent ones to the same full destination are paged.
+    let mut p = producer(&b, &q).await;
+    for n in 500..520 {
+        p.send_msg(1, n, msg(&q, n, true)).await.unwrap();
+    }
+    assert_eq!(b.queue_snapshot("paged.mixed").unwrap().paged, 20);
+    b.shutdown().await;
+
+    // Without a journal there is nothing to page to: `page` acts as `block`.
+    let c = BrokerConfig {
+        persistence: false,
+        ..config(dir.path())
+    };
+    let b = Broker::start(c).await.unwrap();
+    let (_, (code, message), _) = fill(&b, &q, true).await;
+    assert_eq!(code, ErrorCode::DestinationFull, "{message}");
+    assert_eq!(b.queue_snapshot("paged.mixed").unwrap().paged, 0);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_budget_pages_or_refuses_across_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.destination_memory_limit = 1 << 20;
+    c.global_memory_limit = LIMIT;
+    let b = Broker::start(c).await.unwrap();
+    // The first queue uses up the global budget (its own is far from full)...
+    send_all(&b, &queue("global.a"), 1..=40).await;
+    let a = b.queue_snapshot("global.a").unwrap();
+    assert!(a.memory <= LIMIT && a.paged >= 40 - (LIMIT / BODY), "{a:?}");
+    // ... so a second one pages persistent messages from the start...
+    let q = queue("global.b");
+    send_all(&b, &q, 1..=10).await;
+    assert_eq!(b.queue_snapshot("global.b").unwrap().paged, 10);
+    // ... and refuses non-persistent ones, naming the global budget.
+    let (accepted, (code, message), _) = fill(&b, &queue("global.c"), false).await;
+    assert_eq!((accepted, code), (0, ErrorCode::DestinationFull));
+    assert!(message.contains("all destinations: "), "{message}");
+    let (used, limit) = b.memory_used();
+    assert!(used <= limit, "{used} > {limit}");
+    b.shutdown().await;
+}

@@ -412,7 +412,7 @@ impl Broker {
     /// every message it holds is back on its queue before the listeners open.
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
         if !config.persistence {
-            return Broker::start_with_store(config, Box::new(MemoryStore)).await;
+            return Broker::start_with_store(config, Box::new(MemoryStore::new())).await;
         }
         let options = config.journal_options();
         Broker::start_with_journal(config, options).await
@@ -466,7 +466,8 @@ impl Broker {
         };
         let paging = crate::queue::Paging {
             budget: crate::queue::Budget::new(config.global_memory_limit),
-            pager: store.pager(),
+            // A store the broker does not submit to holds no bodies to read back.
+            pager: store.persistent().then(|| store.pager()).flatten(),
         };
         let inner = Arc::new(BrokerInner {
             paging,

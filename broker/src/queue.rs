@@ -102,6 +102,11 @@ pub struct Paging {
     pub pager: Option<Arc<dyn Pager>>,
 }
 
+/// Paged messages one dispatch pass may read back without delivering them (see `dispatch`).
+/// Beyond it, a consumer whose selector skips the first PAGE_SCAN_LIMIT paged messages waits
+/// until others consume them (Artemis has the same limit on paged selectors).
+pub const PAGE_SCAN_LIMIT: usize = 512;
+
 /// A paged message: what dispatch needs without the body. Everything else (group, selector
 /// fields, delivery time) is read back with the body.
 #[derive(Debug, Clone, Copy)]
@@ -726,6 +731,10 @@ impl Queue {
             } = &mut *st;
             groups.retain(|_, owner| consumers.iter().any(|s| s.consumer.key == *owner));
         }
+        // Paged messages read back and then taken by nobody (selectors, pinned groups) in this
+        // pass: bounded, so that a selective consumer on a deep paged backlog costs at most
+        // PAGE_SCAN_LIMIT reads per dispatch, not one per queued message.
+        let mut wasted_reads = 0usize;
         for prio in (0..10).rev() {
             let mut cursor = 0u64;
             loop {
@@ -791,7 +800,15 @@ impl Queue {
                         s.has_room() && accepts(&s.consumer, entry)
                     }),
                 };
-                let Some(i) = pick else { continue };
+                let Some(i) = pick else {
+                    if paged.is_some() {
+                        wasted_reads += 1;
+                        if wasted_reads >= PAGE_SCAN_LIMIT {
+                            return;
+                        }
+                    }
+                    continue;
+                };
                 if let Some(g) = group
                     && owner.is_none()
                 {

@@ -106,6 +106,17 @@ async fn send_all(b: &Broker, q: &Destination, ns: impl IntoIterator<Item = u64>
 /// Consumes everything with an individual-ack consumer (with `selector`): the `n`s in delivery
 /// order and whether any came flagged redelivered.
 async fn drain(b: &Broker, q: &Destination, selector: &str) -> (Vec<u64>, bool) {
+    drain_n(b, q, selector, None).await
+}
+
+/// [`drain`], but with `expect`: exactly that many, each waited for up to the guard time (for
+/// consumers whose deliveries are slowed down on purpose).
+async fn drain_n(
+    b: &Broker,
+    q: &Destination,
+    selector: &str,
+    expect: Option<usize>,
+) -> (Vec<u64>, bool) {
     let mut c = Raw::local(b).await;
     c.session(1, AckMode::Individual).await;
     c.request(|request_id| {
@@ -124,7 +135,15 @@ async fn drain(b: &Broker, q: &Destination, selector: &str) -> (Vec<u64>, bool) 
     .unwrap();
     let mut got = Vec::new();
     let mut redelivered = false;
-    while let Some(d) = c.deliver_within(Duration::from_millis(1000)).await {
+    loop {
+        let d = match expect {
+            Some(n) if got.len() == n => break,
+            Some(_) => c.deliver().await,
+            None => match c.deliver_within(Duration::from_millis(1000)).await {
+                Some(d) => d,
+                None => break,
+            },
+        };
         got.push(n_of(&d) as u64);
         redelivered |= d.redelivered;
         c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
@@ -390,5 +409,54 @@ async fn the_global_budget_pages_or_refuses_across_destinations() {
     assert!(message.contains("all destinations: "), "{message}");
     let (used, limit) = b.memory_used();
     assert!(used <= limit, "{used} > {limit}");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selective_consumer_reads_a_bounded_window_of_a_deep_paged_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(config(dir.path())).await.unwrap();
+    let q = queue("paged.deep");
+    // 600 blue (odd n) ahead of one red of priority 0 (n divisible by 6): in dispatch order
+    // the red one comes after more than PAGE_SCAN_LIMIT paged blue ones.
+    let blues: Vec<u64> = (0..600).map(|k| 2 * k + 1).collect();
+    send_all(&b, &q, blues.iter().copied().chain([6000])).await;
+    assert!(blues.len() > tandem_broker::queue::PAGE_SCAN_LIMIT + LIMIT / BODY);
+    let reads_before = metric(&b, "tandem_destination_page_reads_total", "paged.deep");
+
+    let mut red = Raw::local(&b).await;
+    red.session(1, AckMode::Individual).await;
+    red.request(|request_id| {
+        wire::ConsumerOpen {
+            request_id,
+            session_id: 1,
+            consumer_id: 1,
+            destination: Some(q.to_wire()),
+            prefetch: 10,
+            selector: "color = 'red'".into(),
+            ..Default::default()
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    assert!(
+        red.deliver_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the red message lies beyond the scan window"
+    );
+    let reads = metric(&b, "tandem_destination_page_reads_total", "paged.deep") - reads_before;
+    assert!(
+        reads <= (tandem_broker::queue::PAGE_SCAN_LIMIT + 16) as u64,
+        "one bounded pass, not one read per queued message: {reads}"
+    );
+    // Once the blue ones are consumed, the red consumer gets its message.
+    // Slow on purpose: every ack's dispatch pass also reads PAGE_SCAN_LIMIT messages for the
+    // red consumer's sake.
+    let (got, _) = drain_n(&b, &q, "color = 'blue'", Some(blues.len())).await;
+    assert_eq!(got, expected_order(blues.iter().copied()));
+    let d = red.deliver().await;
+    assert_eq!(n_of(&d), 6000);
     b.shutdown().await;
 }

@@ -460,3 +460,64 @@ async fn a_selective_consumer_reads_a_bounded_window_of_a_deep_paged_backlog() {
     assert_eq!(n_of(&d), 6000);
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_messages_read_back_after_compaction_moved_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small budget (4 KiB) so that few kept messages are mostly paged and their segment soon
+    // holds less than the compaction ratio's share of live records.
+    let mut c = config(dir.path());
+    c.address_settings.push(DestinationSettings {
+        pattern: "paged.keep".into(),
+        memory_limit: 4096,
+        ..DestinationSettings::default()
+    });
+    // The broker's own journal options (one dup id per producer), with small segments.
+    let mut options = c.journal_options();
+    options.segment_size = 64 << 10;
+    let b = Broker::start_with_journal(c, options).await.unwrap();
+    let keep = queue("paged.keep");
+    let mut kp = producer(&b, &keep).await;
+    for n in 1..=10 {
+        kp.send_msg(1, n, msg(&keep, n, true)).await.unwrap();
+    }
+    assert!(b.queue_snapshot("paged.keep").unwrap().paged >= 6);
+    // Traffic on another queue, consumed and acknowledged, until the first segment (holding the
+    // paged messages' records) has been compacted away.
+    let first = dir.path().join("journal").join("0000000000000001.seg");
+    let churn = queue("paged.churn");
+    let mut cp = producer(&b, &churn).await;
+    let mut cc = Raw::local(&b).await;
+    cc.session(1, AckMode::Auto).await;
+    cc.consumer(1, 1, &churn, 100).await.unwrap();
+    let mut seq = 0;
+    while first.exists() {
+        assert!(seq < 5_000, "the first segment was never compacted");
+        for _ in 0..50 {
+            seq += 1;
+            cp.send_msg(1, seq, msg(&churn, seq, true)).await.unwrap();
+            let d = cc.deliver().await;
+            cc.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+        }
+        if seq == 50 {
+            // Keep's producer writes again, so its live duplicate-detection record (which
+            // compaction does not move) leaves the first segment.
+            kp.send_msg(1, 11, msg(&keep, 11, true)).await.unwrap();
+        }
+    }
+    let (got, _) = drain(&b, &keep, "").await;
+    assert_eq!(
+        got,
+        expected_order(1..=11),
+        "bodies read from their moved records"
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "tandem_destination_page_read_errors_total",
+            "paged.keep"
+        ),
+        0
+    );
+    b.shutdown().await;
+}

@@ -103,20 +103,11 @@ async fn send_all(b: &Broker, q: &Destination, ns: impl IntoIterator<Item = u64>
     }
 }
 
-/// Consumes everything with an individual-ack consumer (with `selector`): the `n`s in delivery
-/// order and whether any came flagged redelivered.
-async fn drain(b: &Broker, q: &Destination, selector: &str) -> (Vec<u64>, bool) {
-    drain_n(b, q, selector, None).await
-}
-
-/// [`drain`], but with `expect`: exactly that many, each waited for up to the guard time (for
-/// consumers whose deliveries are slowed down on purpose).
-async fn drain_n(
-    b: &Broker,
-    q: &Destination,
-    selector: &str,
-    expect: Option<usize>,
-) -> (Vec<u64>, bool) {
+/// Consumes exactly `n` messages with an individual-ack consumer (with `selector`), each waited
+/// for up to the guard time (a loaded machine may pause for seconds), then checks that nothing
+/// more comes (exactly once). Returns the `n`s in delivery order and whether any came flagged
+/// redelivered.
+async fn drain(b: &Broker, q: &Destination, selector: &str, n: usize) -> (Vec<u64>, bool) {
     let mut c = Raw::local(b).await;
     c.session(1, AckMode::Individual).await;
     c.request(|request_id| {
@@ -135,18 +126,14 @@ async fn drain_n(
     .unwrap();
     let mut got = Vec::new();
     let mut redelivered = false;
-    loop {
-        let d = match expect {
-            Some(n) if got.len() == n => break,
-            Some(_) => c.deliver().await,
-            None => match c.deliver_within(Duration::from_millis(1000)).await {
-                Some(d) => d,
-                None => break,
-            },
-        };
+    while got.len() < n {
+        let d = c.deliver().await;
         got.push(n_of(&d) as u64);
         redelivered |= d.redelivered;
         c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
+    }
+    if let Some(extra) = c.deliver_within(Duration::from_millis(300)).await {
+        panic!("a message beyond the {n} expected: {}", n_of(&extra));
     }
     (got, redelivered)
 }
@@ -190,7 +177,7 @@ async fn a_backlog_far_beyond_the_budget_is_paged_and_consumed_in_order_exactly_
         "the global budget counts the same bytes"
     );
 
-    let (got, redelivered) = drain(&b, &q, "").await;
+    let (got, redelivered) = drain(&b, &q, "", count as usize).await;
     assert_eq!(
         got,
         expected_order(1..=count),
@@ -221,7 +208,7 @@ async fn selectors_see_paged_messages_and_each_consumer_gets_exactly_its_own() {
     send_all(&b, &q, 1..=200).await;
     assert!(b.queue_snapshot("paged.colors").unwrap().paged > 150);
 
-    let (red, _) = drain(&b, &q, "color = 'red'").await;
+    let (red, _) = drain(&b, &q, "color = 'red'", 100).await;
     assert_eq!(
         red,
         expected_order((1..=200).filter(|n: &u64| n.is_multiple_of(2)))
@@ -233,7 +220,7 @@ async fn selectors_see_paged_messages_and_each_consumer_gets_exactly_its_own() {
         snap.paged >= 90,
         "read back for the selector, then paged again: {snap:?}"
     );
-    let (blue, _) = drain(&b, &q, "color = 'blue' AND n > 0").await;
+    let (blue, _) = drain(&b, &q, "color = 'blue' AND n > 0", 100).await;
     assert_eq!(blue, expected_order((1..=200).filter(|n| n % 2 == 1)));
     b.shutdown().await;
 }
@@ -279,7 +266,7 @@ async fn after_a_restart_the_paged_backlog_comes_back_paged_in_order_without_ack
         snap.memory <= LIMIT && snap.paged > 150,
         "recovered paged: {snap:?}"
     );
-    let (got, redelivered) = drain(&b, &q, "").await;
+    let (got, redelivered) = drain(&b, &q, "", (count - 30) as usize).await;
     let acked: HashSet<u64> = first.into_iter().collect();
     assert_eq!(
         got,
@@ -313,16 +300,18 @@ async fn fill(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_waits_for_room_and_fail_refuses_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let c = with_policy(config(dir.path()), "blocking.#", FullPolicy::Block);
+    let mut c = with_policy(config(dir.path()), "blocking.#", FullPolicy::Block);
+    // Long enough for a consumer to make room below even on a loaded machine.
+    c.producer_block_timeout_ms = 3000;
     let c = with_policy(c, "failing.#", FullPolicy::Fail);
     let b = Broker::start(c).await.unwrap();
 
     let q = queue("blocking.q");
     let (accepted, (code, message), waited) = fill(&b, &q, true).await;
     assert_eq!(code, ErrorCode::DestinationFull);
-    assert!(message.contains("waited 200 ms"), "{message}");
+    assert!(message.contains("waited 3000 ms"), "{message}");
     assert!(
-        waited >= Duration::from_millis(200),
+        waited >= Duration::from_millis(3000),
         "blocked first: {waited:?}"
     );
     assert!(accepted >= (LIMIT / 1100) as u64 && accepted <= (LIMIT / BODY) as u64 + 1);
@@ -333,14 +322,14 @@ async fn block_waits_for_room_and_fail_refuses_at_once() {
     );
     // A blocked send goes through as soon as a consumer makes room.
     let mut p = producer(&b, &q).await;
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Individual).await;
     let send = tokio::spawn(async move {
         let r = p
             .send_msg(1, 1000, msg(&queue("blocking.q"), 1000, true))
             .await;
         (r, p)
     });
-    let mut c = Raw::local(&b).await;
-    c.session(1, AckMode::Individual).await;
     c.consumer(1, 1, &q, 1).await.unwrap();
     let d = c.deliver().await;
     c.ack(1, 1, d.delivery_id, AckKind::Individual).await;
@@ -454,7 +443,7 @@ async fn a_selective_consumer_reads_a_bounded_window_of_a_deep_paged_backlog() {
     // Once the blue ones are consumed, the red consumer gets its message.
     // Slow on purpose: every ack's dispatch pass also reads PAGE_SCAN_LIMIT messages for the
     // red consumer's sake.
-    let (got, _) = drain_n(&b, &q, "color = 'blue'", Some(blues.len())).await;
+    let (got, _) = drain(&b, &q, "color = 'blue'", blues.len()).await;
     assert_eq!(got, expected_order(blues.iter().copied()));
     let d = red.deliver().await;
     assert_eq!(n_of(&d), 6000);
@@ -505,7 +494,7 @@ async fn paged_messages_read_back_after_compaction_moved_their_records() {
             kp.send_msg(1, 11, msg(&keep, 11, true)).await.unwrap();
         }
     }
-    let (got, _) = drain(&b, &keep, "").await;
+    let (got, _) = drain(&b, &keep, "", 11).await;
     assert_eq!(
         got,
         expected_order(1..=11),

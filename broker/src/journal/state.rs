@@ -142,8 +142,6 @@ struct RefEntry {
 struct MsgEntry {
     seg: SegId,
     refs: Vec<RefEntry>,
-    /// During recovery only (one map lookup per record instead of two).
-    body: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -201,6 +199,9 @@ pub(crate) struct State {
     keep_bodies: bool,
     /// During recovery only: where each message's top-level `AddMessage` is.
     locations: FastMap<u64, super::Location>,
+    /// During recovery only: live bodies. Apart from `msgs` so that the running writer's entry
+    /// per live message stays small (paging keeps millions of them).
+    bodies: FastMap<u64, Bytes>,
     segs: BTreeMap<SegId, SegInfo>,
     queues: HashSet<Arc<str>, FastBuild>,
     dests: HashMap<String, (u8, SegId), FastBuild>,
@@ -234,6 +235,7 @@ impl State {
             msgs: FastMap::default(),
             keep_bodies,
             locations: FastMap::default(),
+            bodies: FastMap::default(),
             segs: BTreeMap::new(),
             queues: HashSet::default(),
             dests: HashMap::default(),
@@ -520,13 +522,13 @@ impl State {
 
     fn add_message(&mut self, seg: SegId, msg_id: u64, body: Option<Bytes>) {
         self.max_msg_id = self.max_msg_id.max(msg_id);
+        if let Some(b) = body {
+            self.bodies.insert(msg_id, b);
+        }
         if let Some(m) = self.msgs.get_mut(&msg_id) {
             // A copy written by compaction: the message now lives here. The copy must not
             // outlive the original (or the original would come back after the copy's acks).
             let old = std::mem::replace(&mut m.seg, seg);
-            if body.is_some() {
-                m.body = body;
-            }
             self.dec(old);
             self.inc(seg);
             self.need(seg, old);
@@ -537,7 +539,6 @@ impl State {
             MsgEntry {
                 seg,
                 refs: Vec::new(),
-                body,
             },
         );
         self.inc(seg);
@@ -592,6 +593,9 @@ impl State {
         }
         if now_empty {
             self.msgs.remove(&msg_id);
+            if !self.bodies.is_empty() {
+                self.bodies.remove(&msg_id);
+            }
             // No `need` here: an AddMessage without refs is dropped at recovery anyway.
             self.dec(msg_seg);
         }
@@ -812,13 +816,14 @@ impl State {
             .collect();
         for id in orphans {
             let m = self.msgs.remove(&id).unwrap();
+            self.bodies.remove(&id);
             self.dec(m.seg);
         }
 
         self.keep_bodies = false;
         let mut live_bytes: HashMap<SegId, usize, FastBuild> = HashMap::default();
-        for m in self.msgs.values() {
-            if let Some(b) = &m.body {
+        for (id, m) in &self.msgs {
+            if let Some(b) = self.bodies.get(id) {
                 *live_bytes.entry(m.seg).or_default() += b.len();
             }
         }
@@ -829,8 +834,9 @@ impl State {
             .collect();
 
         let mut messages = Vec::with_capacity(self.msgs.len());
-        for (id, m) in self.msgs.iter_mut() {
-            let Some(mut body) = m.body.take() else {
+        let mut bodies = std::mem::take(&mut self.bodies);
+        for (id, m) in self.msgs.iter() {
+            let Some(mut body) = bodies.remove(id) else {
                 continue;
             };
             if sparse.contains(&m.seg) {

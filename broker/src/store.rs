@@ -482,6 +482,11 @@ impl MessageStore for JournalStore {
                 "Segment files in use.",
                 s.live_segments,
             ),
+            (
+                "tandem_journal_placed_locations",
+                "Body locations the journal holds for paging (untaken appends, compaction moves).",
+                self.journal.placed_len() as u64,
+            ),
         ] {
             let kind = if name.ends_with("_total") {
                 "counter"

@@ -356,7 +356,10 @@ async fn prefetch_ten_never_holds_more_than_ten_unacked_in_process() {
 async fn full_destination(embedded: bool) {
     let t = Target::start(
         embedded,
-        "destination_memory_limit = 8192\nmax_message_size = 2048\nproducer_block_timeout_ms = 300\n",
+        // `block`: the process target journals, and the default policy (`page`) would page
+        // these persistent sends instead of refusing them.
+        "destination_memory_limit = 8192\nmax_message_size = 2048\nproducer_block_timeout_ms = 300\n\
+         [[address_settings]]\nmatch = \"tiny\"\nfull_policy = \"block\"\n",
     );
     let q = Destination::queue("tiny").unwrap();
     let c = t.factory().connect().await.unwrap();

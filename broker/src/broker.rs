@@ -91,6 +91,8 @@ pub(crate) struct BrokerInner {
     pub started: Instant,
     pub stats: BrokerStats,
     pub store: Box<dyn MessageStore>,
+    /// The global budget of queued bodies and the store's reader, given to every queue.
+    pub paging: crate::queue::Paging,
     /// Duplicate detection: the highest sequence stored per producer name.
     pub dup_seen: Mutex<DupCache>,
     /// Distinguishes this broker process in generated names.
@@ -182,6 +184,7 @@ impl BrokerInner {
         let limit = self.config.destination_memory_limit;
         let (mover, scheduler) = (Some(self.mover.clone()), Some(self.scheduler.clone()));
         Queue::with_settings(name, durable, limit, settings, mover, scheduler)
+            .with_paging(self.paging.clone())
     }
 
     /// The queue, created whatever auto_create says (dead-letter and expiry targets, recovery).
@@ -391,7 +394,12 @@ fn restore(inner: &BrokerInner, recovered: Recovered) -> Vec<crate::journal::Rec
     let mut messages = 0usize;
     for m in recovered.messages {
         let msg = match BrokerMessage::recovered(m.msg_id, m.encoded) {
-            Ok(msg) => Arc::new(msg),
+            Ok(msg) => {
+                if let Some(at) = m.location {
+                    msg.set_location(at);
+                }
+                Arc::new(msg)
+            }
             Err(e) => {
                 tracing::error!(msg_id = m.msg_id, error = %e.message, "journaled message does not decode; skipped");
                 continue;
@@ -463,7 +471,7 @@ impl Broker {
     /// every message it holds is back on its queue before the listeners open.
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
         if !config.persistence {
-            return Broker::start_with_store(config, Box::new(MemoryStore)).await;
+            return Broker::start_with_store(config, Box::new(MemoryStore::new())).await;
         }
         let options = config.journal_options();
         Broker::start_with_journal(config, options).await
@@ -515,7 +523,13 @@ impl Broker {
             Some(t) => Some(crate::tls::Tls::load(t).map_err(BrokerError::Config)?),
             None => None,
         };
+        let paging = crate::queue::Paging {
+            budget: crate::queue::Budget::new(config.global_memory_limit),
+            // A store the broker does not submit to holds no bodies to read back.
+            pager: store.persistent().then(|| store.pager()).flatten(),
+        };
         let inner = Arc::new(BrokerInner {
+            paging,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             config,
             queues: RwLock::new(HashMap::new()),
@@ -657,6 +671,12 @@ impl Broker {
     /// How many temporary destinations exist.
     pub fn temporary_destinations(&self) -> usize {
         self.inner.temps.count()
+    }
+
+    /// Bytes of queued bodies held in memory by every destination together, and the limit.
+    pub fn memory_used(&self) -> (usize, usize) {
+        let b = &self.inner.paging.budget;
+        (b.used(), b.limit())
     }
 
     /// Broker-wide counters.

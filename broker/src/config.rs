@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     /// Memory budget of one destination's queued messages, in bytes (each subscription of a topic
     /// counts as its own destination).
     pub destination_memory_limit: usize,
+    /// Memory budget of every destination's queued message bodies together, in bytes. Beyond it,
+    /// destinations page, block or fail by their `full_policy` (docs/PAGING.md).
+    pub global_memory_limit: usize,
     /// How long a send to a full destination waits for room before failing with DestinationFull, in
     /// ms; 0: fail at once.
     pub producer_block_timeout_ms: u64,
@@ -94,6 +97,7 @@ impl Default for BrokerConfig {
             handshake_timeout_ms: 10_000,
             auto_create: true,
             destination_memory_limit: 256 * 1024 * 1024,
+            global_memory_limit: 1024 * 1024 * 1024,
             producer_block_timeout_ms: 5_000,
             max_transaction_bytes: 64 * 1024 * 1024,
             shutdown_timeout_ms: 5_000,
@@ -188,6 +192,11 @@ impl BrokerConfig {
             "must hold at least one message of max_message_size (or 1 MiB)".into(),
         );
         check(
+            self.global_memory_limit >= self.max_message_size.min(1 << 20),
+            "global_memory_limit",
+            "must hold at least one message of max_message_size (or 1 MiB)".into(),
+        );
+        check(
             self.handshake_timeout_ms >= 100,
             "handshake_timeout_ms",
             "must be at least 100 ms".into(),
@@ -221,6 +230,16 @@ impl BrokerConfig {
                 errs.push(ConfigError {
                     key: "address_settings.match",
                     problem: e,
+                });
+            }
+            if a.memory_limit != 0 && a.memory_limit < self.max_message_size.min(1 << 20) {
+                errs.push(ConfigError {
+                    key: "address_settings.memory_limit",
+                    problem: format!(
+                        "{:?}: must be 0 (the broker default) or hold at least one message of \
+                         max_message_size (or 1 MiB) (got {})",
+                        a.pattern, a.memory_limit
+                    ),
                 });
             }
             for (key, q) in [
@@ -292,5 +311,27 @@ mod tests {
         assert!(keys.contains(&"max_frame_size"));
         assert!(keys.contains(&"max_message_size"));
         assert!(keys.contains(&"heartbeat_ms"));
+    }
+
+    #[test]
+    fn memory_limits_are_checked() {
+        let c: BrokerConfig = toml::from_str(
+            "global_memory_limit = 10\n[[address_settings]]\nmatch = \"a\"\nmemory_limit = 5\n",
+        )
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key).collect();
+        assert_eq!(
+            keys,
+            ["global_memory_limit", "address_settings.memory_limit"],
+            "{errs:?}"
+        );
+        let c: BrokerConfig = toml::from_str(
+            "global_memory_limit = 2097152\n[[address_settings]]\nmatch = \"a.#\"\n\
+             memory_limit = 1048576\nfull_policy = \"block\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(toml::from_str::<BrokerConfig>("global_memory_limit = \"big\"").is_err());
     }
 }

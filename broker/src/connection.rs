@@ -80,8 +80,14 @@ struct Routed {
 }
 
 impl Routed {
-    fn route(self, _inner: &BrokerInner) {
+    fn route(self, inner: &BrokerInner) {
         let now = now_ms();
+        if self.msg.persistent
+            && let Some(at) = inner.store.take_location(self.msg.id)
+        {
+            // Journaled: its queues may page it.
+            self.msg.set_location(at);
+        }
         for q in &self.targets {
             q.enqueue(self.msg.clone(), now);
         }
@@ -1242,18 +1248,25 @@ impl Connection {
         targets: &[Arc<Queue>],
     ) -> Result<(), Refusal> {
         let size = msg.size();
-        let block = self.inner.config.producer_block_timeout();
-        let deadline = Instant::now() + block;
+        let configured = self.inner.config.producer_block_timeout();
+        let deadline = Instant::now() + configured;
         for q in targets {
-            if !q.has_room(size) && (block.is_zero() || !q.wait_for_room(size, deadline).await) {
+            // Per destination: `fail` does not wait, `page` does not need to (persistent).
+            let block = q.block_timeout(configured);
+            if !q.has_room_for(msg) && (block.is_zero() || !q.wait_for_room(size, deadline).await) {
                 let snap = q.snapshot();
+                let (used, limit) = (
+                    self.inner.paging.budget.used(),
+                    self.inner.paging.budget.limit(),
+                );
                 return Err(Refusal::new(
                     ErrorCode::DestinationFull,
                     format!(
-                        "{} is full: {} bytes queued, limit {} bytes; waited {} ms for room",
+                        "{} is full: {} bytes queued, limit {} bytes (all destinations: {used} of \
+                         {limit}); waited {} ms for room",
                         msg.destination,
                         snap.memory,
-                        self.inner.config.destination_memory_limit,
+                        q.memory_limit(),
                         block.as_millis()
                     ),
                 ));

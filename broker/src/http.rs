@@ -236,7 +236,24 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
         .iter()
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
-    let families: [(&str, &str, &str); 6] = [
+    {
+        let b = &inner.paging.budget;
+        for (name, help, v) in [
+            (
+                "tandem_memory_used_bytes",
+                "Bytes of queued message bodies in memory, all destinations.",
+                b.used(),
+            ),
+            (
+                "tandem_memory_limit_bytes",
+                "The global budget of queued message bodies (global_memory_limit).",
+                b.limit(),
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    }
+    let families: [(&str, &str, &str); 10] = [
         (
             "tandem_destination_depth",
             "Messages on the destination (ready and in flight).",
@@ -264,8 +281,28 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
         ),
         (
             "tandem_destination_memory_bytes",
-            "Bytes of messages held.",
+            "Bytes of message bodies held in memory (ready and in flight).",
             "gauge",
+        ),
+        (
+            "tandem_destination_paged",
+            "Ready messages whose bodies are paged out to the journal.",
+            "gauge",
+        ),
+        (
+            "tandem_destination_paged_bytes",
+            "Body bytes of the paged messages.",
+            "gauge",
+        ),
+        (
+            "tandem_destination_page_reads_total",
+            "Paged bodies read back from the journal.",
+            "counter",
+        ),
+        (
+            "tandem_destination_page_read_errors_total",
+            "Read-backs that failed (the message stays paged).",
+            "counter",
         ),
     ];
     for (i, (name, help, kind)) in families.iter().enumerate() {
@@ -278,7 +315,11 @@ pub(crate) fn metrics_text(inner: &BrokerInner) -> String {
                 2 => q.stats.enqueued.load(Ordering::Relaxed),
                 3 => q.stats.dequeued.load(Ordering::Relaxed),
                 4 => snap.consumers as u64,
-                _ => snap.memory as u64,
+                5 => snap.memory as u64,
+                6 => snap.paged as u64,
+                7 => snap.paged_bytes as u64,
+                8 => q.stats.page_reads.load(Ordering::Relaxed),
+                _ => q.stats.page_read_errors.load(Ordering::Relaxed),
             };
             let _ = writeln!(
                 s,

@@ -17,8 +17,10 @@
 //!   session until acknowledged; recover, consumer close and connection loss put them back in their
 //!   original order, flagged redelivered with their delivery count raised when the application saw
 //!   them.
-//! - Producer flow control: each destination has a memory budget; a send that does not fit waits up
-//!   to the configured timeout for room, then fails with `DestinationFull`.
+//! - Memory: each destination has a budget of queued bodies, and all of them together a global one.
+//!   Beyond it a destination pages persistent messages to the journal (bodies read back at
+//!   dispatch), or makes the send wait up to the configured timeout, or refuses it with
+//!   `DestinationFull`, by its full policy (docs/PAGING.md).
 //! - Persistent messages go through the [`store::MessageStore`] seam before they are routed and
 //!   confirmed.
 

@@ -35,6 +35,8 @@ pub struct BrokerMessage {
     /// The decoded headers (selectors read them).
     pub headers: wire::MessageHeaders,
     properties: OnceLock<Vec<(String, PropertyValue)>>,
+    /// Where the store keeps its body (set once durable, if the store can read it back).
+    location: OnceLock<crate::journal::Location>,
 }
 
 /// Why a message was refused on the send path.
@@ -119,7 +121,18 @@ impl BrokerMessage {
             origin_connection,
             headers: h,
             properties: OnceLock::new(),
+            location: OnceLock::new(),
         })
+    }
+
+    /// Where the store keeps the body, if it can read it back (paging).
+    pub fn location(&self) -> Option<crate::journal::Location> {
+        self.location.get().copied()
+    }
+
+    /// Records where the store keeps the body (once; later calls are ignored).
+    pub fn set_location(&self, at: crate::journal::Location) {
+        let _ = self.location.set(at);
     }
 
     /// Encoded size: what memory budgets count.

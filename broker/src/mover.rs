@@ -101,6 +101,9 @@ async fn move_one(inner: &Arc<BrokerInner>, m: Move) -> Result<(), String> {
             ack_old,
         ];
         submit(inner, records).await?;
+        if let Some(at) = inner.store.take_location(id) {
+            copy.set_location(at);
+        }
     }
     queue.enqueue(Arc::new(copy), now_ms());
     Ok(())

@@ -8,6 +8,13 @@
 //! round-robin order that has room in its window and accepts it.
 //!
 //! Topic subscriptions are queues too (one per subscription), fed by the topic's fan-out.
+//!
+//! Memory (invariant 10): every queue counts the bodies it holds (ready and in flight) against
+//! its own budget and the broker's global [`Budget`]. Beyond either, a queue whose full policy is
+//! `page` keeps a new persistent message as a compact [`Slot::Paged`] entry (id, body location,
+//! expiration, delivery history: about 40 bytes) and reads the body back from the store when
+//! dispatch reaches it; `block` and `fail` push back on producers instead (see docs/PAGING.md).
+//! Read-back happens under the queue lock (one `pread`); it is counted in the queue's stats.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,9 +23,116 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
+use crate::journal::Location;
 use crate::message::{BrokerMessage, SelectorView};
 use crate::session::ConsumerShared;
-use crate::settings::DestinationSettings;
+use crate::settings::{DestinationSettings, FullPolicy};
+use crate::store::Pager;
+
+/// The broker-wide budget of queued message bodies, shared by every queue.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    space: Notify,
+    waiting: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicUsize::new(0),
+            space: Notify::new(),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether `size` more bytes fit. With nothing held, anything fits (a message larger than
+    /// the budget is not refused forever).
+    fn fits(&self, size: usize) -> bool {
+        let used = self.used();
+        used == 0 || used + size <= self.limit
+    }
+
+    fn charge(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.used.fetch_sub(n, Ordering::Relaxed);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            limit: usize::MAX,
+            used: AtomicUsize::new(0),
+            space: Notify::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// How a queue holds memory: the broker's global budget and the store's reader (`None`: the
+/// store cannot read bodies back, so nothing is paged).
+#[derive(Debug, Clone, Default)]
+pub struct Paging {
+    /// The global budget.
+    pub budget: Arc<Budget>,
+    /// Reads paged bodies back.
+    pub pager: Option<Arc<dyn Pager>>,
+}
+
+/// Paged messages one dispatch pass may read back without delivering them (see `dispatch`).
+/// Beyond it, a consumer whose selector skips the first PAGE_SCAN_LIMIT paged messages waits
+/// until others consume them (Artemis has the same limit on paged selectors).
+pub const PAGE_SCAN_LIMIT: usize = 512;
+
+/// A paged message: what dispatch needs without the body. Everything else (group, selector
+/// fields, delivery time) is read back with the body.
+#[derive(Debug, Clone, Copy)]
+struct Paged {
+    msg_id: u64,
+    at: Location,
+    expiration: i64,
+    delivery_count: u32,
+    redelivered: bool,
+}
+
+/// A ready message as the queue holds it.
+#[derive(Debug)]
+enum Slot {
+    Resident(Entry),
+    Paged(Paged),
+}
+
+impl Slot {
+    fn is_expired(&self, now_ms: i64) -> bool {
+        match self {
+            Slot::Resident(e) => e.msg.is_expired(now_ms),
+            Slot::Paged(p) => p.expiration != 0 && p.expiration <= now_ms,
+        }
+    }
+}
 
 /// A message on a queue, with its delivery history.
 #[derive(Debug, Clone)]
@@ -55,10 +169,13 @@ impl ConsumerSlot {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    ready: [BTreeMap<u64, Entry>; 10],
+    ready: [BTreeMap<u64, Slot>; 10],
     ready_count: usize,
     inflight: usize,
     memory: usize,
+    /// Ready messages held as [`Slot::Paged`], and their body bytes.
+    paged: usize,
+    paged_bytes: usize,
     consumers: Vec<ConsumerSlot>,
     rr: usize,
     next_seq: u64,
@@ -78,6 +195,12 @@ pub struct QueueStats {
     pub dequeued: AtomicU64,
     /// Messages dropped because they expired.
     pub expired: AtomicU64,
+    /// Messages kept paged (body not in memory) when they were added.
+    pub paged_total: AtomicU64,
+    /// Bodies read back from the store (for delivery, selectors or expiry).
+    pub page_reads: AtomicU64,
+    /// Read-backs that failed (the message stays paged and is tried again).
+    pub page_read_errors: AtomicU64,
 }
 
 /// A snapshot for metrics and tests.
@@ -87,8 +210,12 @@ pub struct QueueSnapshot {
     pub ready: usize,
     /// Delivered, not acknowledged.
     pub inflight: usize,
-    /// Bytes held (ready and in flight).
+    /// Bytes held in memory (ready and in flight).
     pub memory: usize,
+    /// Ready messages whose bodies are paged out.
+    pub paged: usize,
+    /// Body bytes of the paged messages.
+    pub paged_bytes: usize,
     /// Attached consumers.
     pub consumers: usize,
     /// Waiting for their delivery time.
@@ -102,6 +229,7 @@ pub struct Queue {
     durable: bool,
     memory_limit: usize,
     settings: DestinationSettings,
+    paging: Paging,
     mover: Option<mpsc::UnboundedSender<Move>>,
     scheduler: Option<mpsc::UnboundedSender<Wakeup>>,
     state: Mutex<QueueState>,
@@ -155,6 +283,14 @@ impl Queue {
         )
     }
 
+    /// Sets how this queue holds memory (the broker does it when it creates the queue).
+    pub fn with_paging(mut self: Arc<Queue>, paging: Paging) -> Arc<Queue> {
+        Arc::get_mut(&mut self)
+            .expect("with_paging on a queue nobody else holds yet")
+            .paging = paging;
+        self
+    }
+
     /// A queue with its destination settings and the broker's mover (dead-letter and expiry
     /// moves go there: the mover journals them and enqueues into the target queue, outside this
     /// queue's lock).
@@ -166,11 +302,18 @@ impl Queue {
         mover: Option<mpsc::UnboundedSender<Move>>,
         scheduler: Option<mpsc::UnboundedSender<Wakeup>>,
     ) -> Arc<Queue> {
+        // A destination's own limit (address settings) wins over the broker default.
+        let memory_limit = if settings.memory_limit > 0 {
+            settings.memory_limit
+        } else {
+            memory_limit
+        };
         Arc::new(Queue {
             name,
             durable,
             memory_limit,
             settings,
+            paging: Paging::default(),
             mover,
             scheduler,
             state: Mutex::new(QueueState::default()),
@@ -208,33 +351,76 @@ impl Queue {
             ready: st.ready_count,
             inflight: st.inflight,
             memory: st.memory,
+            paged: st.paged,
+            paged_bytes: st.paged_bytes,
             consumers: st.consumers.len(),
             scheduled: st.scheduled.len(),
         }
     }
 
-    /// Whether a message of `size` bytes fits the budget. An empty queue always takes one message,
-    /// so a message larger than the budget is not refused forever.
-    pub fn has_room(&self, size: usize) -> bool {
-        let st = self.state.lock();
-        st.memory == 0 || st.memory + size <= self.memory_limit
+    /// This queue's memory budget in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
     }
 
-    /// Waits until [`Queue::has_room`] or the deadline. Returns whether there is room.
+    /// How long a send to this queue may wait for room when it is full: `block` waits up to the
+    /// producer block timeout, `fail` not at all.
+    pub fn block_timeout(&self, configured: std::time::Duration) -> std::time::Duration {
+        match self.settings.full_policy {
+            FullPolicy::Fail => std::time::Duration::ZERO,
+            FullPolicy::Page | FullPolicy::Block => configured,
+        }
+    }
+
+    /// Whether `msg` would be paged rather than refused when this queue is full: the policy is
+    /// `page`, the message is persistent, the queue durable and the store can read bodies back.
+    pub fn can_page(&self, msg: &BrokerMessage) -> bool {
+        self.settings.full_policy == FullPolicy::Page
+            && self.durable
+            && msg.persistent
+            && self.paging.pager.is_some()
+    }
+
+    /// Whether a message of `size` bytes fits this queue's budget and the global one. An empty
+    /// queue always takes one message, so a message larger than the budget is not refused
+    /// forever.
+    pub fn has_room(&self, size: usize) -> bool {
+        let st = self.state.lock();
+        (st.memory == 0 || st.memory + size <= self.memory_limit) && self.paging.budget.fits(size)
+    }
+
+    /// Whether a send of `msg` may go ahead now: it fits, or it will be paged.
+    pub fn has_room_for(&self, msg: &BrokerMessage) -> bool {
+        self.can_page(msg) || self.has_room(msg.size())
+    }
+
+    /// Waits until [`Queue::has_room`] or the deadline. Returns whether there is room. Woken by
+    /// releases of this queue and of the global budget.
     pub async fn wait_for_room(&self, size: usize, deadline: tokio::time::Instant) -> bool {
+        let budget = &self.paging.budget;
         self.blocked_producers.fetch_add(1, Ordering::SeqCst);
+        budget.waiting.fetch_add(1, Ordering::SeqCst);
         let room = loop {
-            let notified = self.space.notified();
-            tokio::pin!(notified);
+            let mine = self.space.notified();
+            let global = budget.space.notified();
+            tokio::pin!(mine, global);
             // Register before checking, so a release between the check and the await is not missed.
-            notified.as_mut().enable();
+            mine.as_mut().enable();
+            global.as_mut().enable();
             if self.has_room(size) {
                 break true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    () = &mut mine => {}
+                    () = &mut global => {}
+                }
+            });
+            if woken.await.is_err() {
                 break self.has_room(size);
             }
         };
+        budget.waiting.fetch_sub(1, Ordering::SeqCst);
         self.blocked_producers.fetch_sub(1, Ordering::SeqCst);
         room
     }
@@ -245,33 +431,89 @@ impl Queue {
         }
     }
 
+    fn charge(&self, st: &mut QueueState, n: usize) {
+        st.memory += n;
+        self.paging.budget.charge(n);
+    }
+
+    fn uncharge(&self, st: &mut QueueState, n: usize) {
+        // Saturating: a purged subscription's deliveries may still be acknowledged.
+        let n = n.min(st.memory);
+        st.memory -= n;
+        self.paging.budget.release(n);
+    }
+
+    /// The slot for a message arriving with this history: paged if the policy allows it and a
+    /// budget is exceeded, resident (and charged) otherwise.
+    fn slot_for(&self, st: &mut QueueState, entry: Entry) -> Slot {
+        let size = entry.msg.size();
+        if self.can_page(&entry.msg)
+            && let Some(at) = entry.msg.location()
+            && (st.memory + size > self.memory_limit || !self.paging.budget.fits(size))
+        {
+            st.paged += 1;
+            st.paged_bytes += size;
+            self.stats.paged_total.fetch_add(1, Ordering::Relaxed);
+            return Slot::Paged(Paged {
+                msg_id: entry.msg.id,
+                at,
+                expiration: entry.msg.expiration,
+                delivery_count: entry.delivery_count,
+                redelivered: entry.redelivered,
+            });
+        }
+        self.charge(st, size);
+        Slot::Resident(entry)
+    }
+
+    /// Reads a paged message back. Not charged: the caller charges it if it keeps it.
+    fn page_in(&self, p: &Paged) -> Result<Entry, String> {
+        let pager = self.paging.pager.as_ref().ok_or("no pager")?;
+        self.stats.page_reads.fetch_add(1, Ordering::Relaxed);
+        let body = pager.read_body(p.msg_id, p.at).map_err(|e| e.0)?;
+        let msg = BrokerMessage::recovered(p.msg_id, body).map_err(|r| r.message)?;
+        msg.set_location(p.at);
+        Ok(Entry {
+            msg: Arc::new(msg),
+            delivery_count: p.delivery_count,
+            redelivered: p.redelivered,
+        })
+    }
+
+    /// Removes a ready slot from `prio`, undoing its accounting (paged ones leave the paged
+    /// counts; resident ones stay charged: they go in flight or to the mover, which uncharge).
+    fn take_slot(st: &mut QueueState, prio: usize, seq: u64) -> Slot {
+        let slot = st.ready[prio].remove(&seq).expect("present");
+        st.ready_count -= 1;
+        if let Slot::Paged(p) = &slot {
+            st.paged -= 1;
+            st.paged_bytes -= p.at.len as usize;
+        }
+        slot
+    }
+
     /// Adds a message and dispatches.
     pub fn enqueue(self: &Arc<Queue>, msg: Arc<BrokerMessage>, now_ms: i64) {
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.memory += msg.size();
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
         let at = msg.headers.delivery_time;
+        let entry = Entry {
+            msg,
+            delivery_count: 0,
+            redelivered: false,
+        };
         if at > now_ms && self.scheduler.is_some() {
-            let entry = Entry {
-                msg,
-                delivery_count: 0,
-                redelivered: false,
-            };
+            // Scheduled messages stay in memory until due (not paged; see docs/PAGING.md).
+            self.charge(&mut st, entry.msg.size());
             self.schedule(&mut st, at, seq, entry);
             return;
         }
         st.ready_count += 1;
-        let prio = usize::from(msg.priority.min(9));
-        st.ready[prio].insert(
-            seq,
-            Entry {
-                msg,
-                delivery_count: 0,
-                redelivered: false,
-            },
-        );
+        let prio = usize::from(entry.msg.priority.min(9));
+        let slot = self.slot_for(&mut st, entry);
+        st.ready[prio].insert(seq, slot);
         self.dispatch(&mut st, now_ms);
     }
 
@@ -304,7 +546,7 @@ impl Queue {
             }
             let entry = st.scheduled.remove(&(at, seq)).expect("present");
             let prio = usize::from(entry.msg.priority.min(9));
-            st.ready[prio].insert(seq, entry);
+            st.ready[prio].insert(seq, Slot::Resident(entry));
             st.ready_count += 1;
         }
         self.dispatch(&mut st, now_ms);
@@ -323,7 +565,6 @@ impl Queue {
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.memory += msg.size();
         let at = deliver_at.map_or(0, |t| t as i64);
         if at > now_ms && self.scheduler.is_some() {
             // Still scheduled at the crash, so never delivered: not flagged.
@@ -332,19 +573,19 @@ impl Queue {
                 delivery_count,
                 redelivered: delivery_count > 0,
             };
+            self.charge(&mut st, entry.msg.size());
             self.schedule(&mut st, at, seq, entry);
             return;
         }
         st.ready_count += 1;
         let prio = usize::from(msg.priority.min(9));
-        st.ready[prio].insert(
-            seq,
-            Entry {
-                msg,
-                delivery_count: delivery_count.saturating_add(1),
-                redelivered: true,
-            },
-        );
+        let entry = Entry {
+            msg,
+            delivery_count: delivery_count.saturating_add(1),
+            redelivered: true,
+        };
+        let slot = self.slot_for(&mut st, entry);
+        st.ready[prio].insert(seq, slot);
     }
 
     /// Attaches a consumer and dispatches to it.
@@ -390,7 +631,7 @@ impl Queue {
             n += 1;
             // Saturating: a purged subscription's deliveries may still be acknowledged.
             st.inflight = st.inflight.saturating_sub(1);
-            st.memory = st.memory.saturating_sub(entry.msg.size());
+            self.uncharge(&mut st, entry.msg.size());
             if let Some(s) = st
                 .consumers
                 .iter_mut()
@@ -432,7 +673,7 @@ impl Queue {
                 {
                     s.outstanding = s.outstanding.saturating_sub(1);
                 }
-                st.memory = st.memory.saturating_sub(entry.msg.size());
+                self.uncharge(&mut st, entry.msg.size());
                 dead.push(entry);
                 continue;
             }
@@ -445,7 +686,8 @@ impl Queue {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }
             let prio = usize::from(entry.msg.priority.min(9));
-            st.ready[prio].insert(seq, entry);
+            // Still charged from its delivery: it comes back in memory.
+            st.ready[prio].insert(seq, Slot::Resident(entry));
         }
         self.dispatch(&mut st, now_ms);
         drop(st);
@@ -469,15 +711,19 @@ impl Queue {
     }
 
     /// [`Queue::remove`], returning the messages it still held (ready and scheduled; not those in
-    /// flight), so that their journal refs can be acknowledged.
-    pub fn remove_returning(&self) -> Vec<Arc<BrokerMessage>> {
-        let held: Vec<Arc<BrokerMessage>> = {
+    /// flight) as (message id, persistent), so that their journal refs can be acknowledged.
+    pub fn remove_returning(&self) -> Vec<(u64, bool)> {
+        let held: Vec<(u64, bool)> = {
             let st = self.state.lock();
             st.ready
                 .iter()
                 .flat_map(|level| level.values())
-                .chain(st.scheduled.values())
-                .map(|e| e.msg.clone())
+                .map(|slot| match slot {
+                    Slot::Resident(e) => (e.msg.id, e.msg.persistent),
+                    // Only persistent messages are paged.
+                    Slot::Paged(p) => (p.msg_id, true),
+                })
+                .chain(st.scheduled.values().map(|e| (e.msg.id, e.msg.persistent)))
                 .collect()
         };
         self.remove();
@@ -502,7 +748,22 @@ impl Queue {
                 Some(a) if prio == a.priority => st.ready[prio as usize].range(a.seq + 1..),
                 _ => st.ready[prio as usize].range(0..),
             };
-            for (&seq, e) in range {
+            for (&seq, slot) in range {
+                let paged_in;
+                let e = match slot {
+                    Slot::Resident(e) => e,
+                    Slot::Paged(p) => match self.page_in(p) {
+                        Ok(e) => {
+                            paged_in = e;
+                            &paged_in
+                        }
+                        Err(error) => {
+                            // A browser shows what it can; the consumer path reports the failure.
+                            tracing::warn!(msg_id = p.msg_id, %error, "paged message not readable for a browser");
+                            continue;
+                        }
+                    },
+                };
                 let selected = selector.is_none_or(|s| {
                     s.matches(&SelectorView {
                         msg: &e.msg,
@@ -541,7 +802,10 @@ impl Queue {
         }
         st.scheduled.clear();
         st.ready_count = 0;
-        st.memory = 0;
+        st.paged = 0;
+        st.paged_bytes = 0;
+        let held = st.memory;
+        self.uncharge(&mut st, held);
         st.inflight = 0;
         drop(st);
         self.space.notify_waiters();
@@ -559,25 +823,60 @@ impl Queue {
             } = &mut *st;
             groups.retain(|_, owner| consumers.iter().any(|s| s.consumer.key == *owner));
         }
+        // Paged messages read back and then taken by nobody (selectors, pinned groups) in this
+        // pass: bounded, so that a selective consumer on a deep paged backlog costs at most
+        // PAGE_SCAN_LIMIT reads per dispatch, not one per queued message.
+        let mut wasted_reads = 0usize;
         for prio in (0..10).rev() {
             let mut cursor = 0u64;
             loop {
                 if !st.consumers.iter().any(ConsumerSlot::has_room) {
                     return;
                 }
-                let Some((&seq, entry)) = st.ready[prio].range(cursor..).next() else {
+                let Some((&seq, slot)) = st.ready[prio].range(cursor..).next() else {
                     break;
                 };
                 cursor = seq + 1;
-                if entry.msg.is_expired(now_ms) {
-                    let entry = st.ready[prio].remove(&seq).expect("present");
-                    st.ready_count -= 1;
-                    st.memory -= entry.msg.size();
+                let paged = match slot {
+                    Slot::Paged(p) => Some(*p),
+                    Slot::Resident(_) => None,
+                };
+                if slot.is_expired(now_ms) {
+                    let entry = match Queue::take_slot(st, prio, seq) {
+                        Slot::Resident(e) => {
+                            self.uncharge(st, e.msg.size());
+                            e
+                        }
+                        // The mover needs the message (to move it, or to journal the drop).
+                        Slot::Paged(p) => match self.page_in(&p) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                self.page_read_failed(st, prio, seq, p, &e);
+                                continue;
+                            }
+                        },
+                    };
                     self.stats.expired.fetch_add(1, Ordering::Relaxed);
                     // The mover sends it to the expiry queue, or drops it (journaling the drop).
                     self.send_move(entry, MoveReason::Expired);
                     continue;
                 }
+                // A paged message is read back to be judged (group, selector) and delivered; if
+                // nobody takes it now, it goes back to being paged (its body is dropped again).
+                let mut read_back = None;
+                let entry = match (paged, &st.ready[prio][&seq]) {
+                    (Some(p), _) => match self.page_in(&p) {
+                        Ok(e) => &*read_back.insert(e),
+                        Err(e) => {
+                            let slot = Queue::take_slot(st, prio, seq);
+                            debug_assert!(matches!(slot, Slot::Paged(_)));
+                            self.page_read_failed(st, prio, seq, p, &e);
+                            continue;
+                        }
+                    },
+                    (None, Slot::Resident(e)) => e,
+                    (None, Slot::Paged(_)) => unreachable!("checked above"),
+                };
                 let n = st.consumers.len();
                 let group = entry.msg.headers.group_id.clone();
                 let owner = group
@@ -593,15 +892,30 @@ impl Queue {
                         s.has_room() && accepts(&s.consumer, entry)
                     }),
                 };
-                let Some(i) = pick else { continue };
+                let Some(i) = pick else {
+                    if paged.is_some() {
+                        wasted_reads += 1;
+                        if wasted_reads >= PAGE_SCAN_LIMIT {
+                            return;
+                        }
+                    }
+                    continue;
+                };
                 if let Some(g) = group
                     && owner.is_none()
                 {
                     let key = st.consumers[i].consumer.key;
                     st.groups.insert(g, key);
                 }
-                let entry = st.ready[prio].remove(&seq).expect("present");
-                st.ready_count -= 1;
+                let entry = match Queue::take_slot(st, prio, seq) {
+                    Slot::Resident(e) => e,
+                    Slot::Paged(_) => {
+                        // In flight it is held in memory (bounded by the consumers' windows).
+                        let e = read_back.expect("read back above");
+                        self.charge(st, e.msg.size());
+                        e
+                    }
+                };
                 let slot = &mut st.consumers[i];
                 match slot.consumer.deliver(self, seq, entry) {
                     Ok(()) => {
@@ -614,7 +928,8 @@ impl Queue {
                     }
                     Err(entry) => {
                         cursor = seq;
-                        st.ready[prio].insert(seq, entry);
+                        // Back as it is, in memory and charged.
+                        st.ready[prio].insert(seq, Slot::Resident(entry));
                         st.ready_count += 1;
                         st.consumers.remove(i);
                         st.rr = 0;
@@ -628,6 +943,19 @@ impl Queue {
                 }
             }
         }
+    }
+}
+
+impl Queue {
+    /// A paged message could not be read back: it stays (paged) where it was and is tried again
+    /// at the next dispatch; the error is counted and logged.
+    fn page_read_failed(&self, st: &mut QueueState, prio: usize, seq: u64, p: Paged, e: &str) {
+        self.stats.page_read_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(queue = %self.name, msg_id = p.msg_id, error = %e, "cannot read a paged message back");
+        st.ready[prio].insert(seq, Slot::Paged(p));
+        st.ready_count += 1;
+        st.paged += 1;
+        st.paged_bytes += p.at.len as usize;
     }
 }
 

@@ -23,6 +23,28 @@ pub struct DestinationSettings {
     pub max_delivery_attempts: u32,
     /// Where expired messages go; empty: they are dropped.
     pub expiry_queue: String,
+    /// Memory budget of the destination's queued message bodies, in bytes; 0: the broker's
+    /// `destination_memory_limit`. Each subscription of a matching topic has its own.
+    pub memory_limit: usize,
+    /// What happens to a send once that budget (or the broker's `global_memory_limit`) is used
+    /// up. See docs/PAGING.md.
+    pub full_policy: FullPolicy,
+}
+
+/// What a destination does when its memory budget is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FullPolicy {
+    /// Persistent messages on durable queues keep only a compact entry in memory; their bodies
+    /// are read back from the journal for dispatch. Messages that cannot be paged
+    /// (non-persistent, temporary queues, non-durable subscriptions, no journal) are treated as
+    /// under `block`.
+    #[default]
+    Page,
+    /// The producer waits up to `producer_block_timeout_ms` for room, then gets DestinationFull.
+    Block,
+    /// The producer gets DestinationFull at once.
+    Fail,
 }
 
 impl Default for DestinationSettings {
@@ -32,6 +54,8 @@ impl Default for DestinationSettings {
             dead_letter_queue: "DLQ".into(),
             max_delivery_attempts: 10,
             expiry_queue: String::new(),
+            memory_limit: 0,
+            full_policy: FullPolicy::Page,
         }
     }
 }
@@ -134,6 +158,38 @@ mod tests {
         // Equal specificity: the later entry wins.
         let all = vec![s("a.*", 5), s("*.b", 6)];
         assert_eq!(resolve(&all, "a.b").max_delivery_attempts, 6);
+    }
+
+    #[test]
+    fn memory_limit_and_full_policy_parse() {
+        #[derive(Deserialize)]
+        struct F {
+            address_settings: Vec<DestinationSettings>,
+        }
+        let f: F = toml::from_str(
+            r#"
+            [[address_settings]]
+            match = "orders.#"
+            memory_limit = 1048576
+            full_policy = "fail"
+            [[address_settings]]
+            match = "events.*"
+            full_policy = "block"
+            [[address_settings]]
+            match = "audit"
+            "#,
+        )
+        .unwrap();
+        let all = f.address_settings;
+        let o = resolve(&all, "orders.eu");
+        assert_eq!((o.memory_limit, o.full_policy), (1 << 20, FullPolicy::Fail));
+        assert_eq!(resolve(&all, "events.x").full_policy, FullPolicy::Block);
+        let a = resolve(&all, "audit");
+        assert_eq!((a.memory_limit, a.full_policy), (0, FullPolicy::Page));
+        for bad in [r#"full_policy = "drop""#, r#"memory_limit = -1"#] {
+            let text = format!("[[address_settings]]\nmatch = \"x\"\n{bad}\n");
+            assert!(toml::from_str::<F>(&text).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -317,9 +317,9 @@ fn delete(sub: &NamedSub, key: &SubKey, journal: bool) -> Vec<Record> {
     let queue = sub.queue.name().to_string();
     let mut records: Vec<Record> = held
         .into_iter()
-        .filter(|m| m.persistent)
-        .map(|m| Record::AckRef {
-            msg_id: m.id,
+        .filter(|(_, persistent)| *persistent)
+        .map(|(msg_id, _)| Record::AckRef {
+            msg_id,
             queue: queue.clone(),
         })
         .collect();

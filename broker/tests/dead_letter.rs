@@ -18,12 +18,14 @@ fn settings() -> Vec<DestinationSettings> {
             dead_letter_queue: "DLQ.orders".into(),
             max_delivery_attempts: 3,
             expiry_queue: "Expired.orders".into(),
+            ..DestinationSettings::default()
         },
         DestinationSettings {
             pattern: "scratch.*".into(),
             dead_letter_queue: String::new(),
             max_delivery_attempts: 2,
             expiry_queue: String::new(),
+            ..DestinationSettings::default()
         },
     ]
 }

@@ -93,8 +93,10 @@
 //!    created with `create_new`, so two writers can never share one.
 //! 9. Live bodies are returned in memory, as zero-copy slices of the segment reads; bodies
 //!    from segments that are mostly dead are copied so those segment buffers are freed.
-//!    Memory at open is therefore about the size of the live bodies (paging large backlogs
-//!    would need a body-location index instead; not done).
+//!    Memory at open is therefore about the size of the live bodies. Each recovered message
+//!    also carries its [`Location`] (unless it was added inside a transaction), so the broker
+//!    can drop bodies beyond its memory budget right after open and read them back with
+//!    [`Journal::read_body`] (see `page.rs`). The peak during open is still the live size.
 //!
 //! # Reclaim rule
 //!
@@ -174,6 +176,7 @@
 
 mod error;
 mod format;
+mod page;
 mod record;
 mod recovery;
 mod state;
@@ -186,6 +189,7 @@ use std::time::Duration;
 
 pub use error::{DecodeError, JournalError};
 pub use format::{BATCH_HEADER_LEN, FORMAT_VERSION, SEGMENT_HEADER_LEN, segment_file_name};
+pub use page::Location;
 pub use record::{RECORD_HEADER_LEN, Record, SubscriptionRecord};
 pub use state::{PreparedTx, Recovered, RecoveredDestination, RecoveredMessage, RecoveredRef};
 pub use writer::{Completion, Journal, JournalStats};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::record::{Record, RecordView, SubscriptionRecord};
+use super::record::{RECORD_HEADER_LEN, Record, RecordView, SubscriptionRecord};
 
 pub(crate) type SegId = u64;
 
@@ -75,6 +75,9 @@ pub struct RecoveredMessage {
     pub encoded: Bytes,
     /// The queues it is on (never empty), in the order they were added.
     pub refs: Vec<RecoveredRef>,
+    /// Where its body is, for reading it back ([`super::Journal::read_body`]); `None` if it
+    /// was added inside a transaction.
+    pub location: Option<super::Location>,
 }
 
 /// One live ref of a recovered message.
@@ -139,8 +142,6 @@ struct RefEntry {
 struct MsgEntry {
     seg: SegId,
     refs: Vec<RefEntry>,
-    /// During recovery only (one map lookup per record instead of two).
-    body: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -196,6 +197,11 @@ pub(crate) struct State {
     msgs: FastMap<u64, MsgEntry>,
     /// Keep bodies (recovery) or not (the running writer).
     keep_bodies: bool,
+    /// During recovery only: where each message's top-level `AddMessage` is.
+    locations: FastMap<u64, super::Location>,
+    /// During recovery only: live bodies. Apart from `msgs` so that the running writer's entry
+    /// per live message stays small (paging keeps millions of them).
+    bodies: FastMap<u64, Bytes>,
     segs: BTreeMap<SegId, SegInfo>,
     queues: HashSet<Arc<str>, FastBuild>,
     dests: HashMap<String, (u8, SegId), FastBuild>,
@@ -228,6 +234,8 @@ impl State {
         State {
             msgs: FastMap::default(),
             keep_bodies,
+            locations: FastMap::default(),
+            bodies: FastMap::default(),
             segs: BTreeMap::new(),
             queues: HashSet::default(),
             dests: HashMap::default(),
@@ -252,6 +260,10 @@ impl State {
     /// avoid rehashing a million-entry map several times).
     pub(crate) fn reserve_messages(&mut self, additional: usize) {
         self.msgs.reserve(additional);
+    }
+
+    pub(crate) fn has_message(&self, msg_id: u64) -> bool {
+        self.msgs.contains_key(&msg_id)
     }
 
     pub(crate) fn message_count(&self) -> usize {
@@ -328,6 +340,20 @@ impl State {
         match rec {
             RecordView::AddMessage { msg_id, encoded } => {
                 let body = self.body_of(encoded, src);
+                if self.keep_bodies
+                    && let Some(src) = src
+                {
+                    // The body is a slice of the segment read: its record starts 13 bytes before.
+                    let at = encoded.as_ptr() as usize - src.as_ptr() as usize;
+                    self.locations.insert(
+                        *msg_id,
+                        super::Location {
+                            segment: seg,
+                            offset: (at - RECORD_HEADER_LEN - 8) as u32,
+                            len: encoded.len() as u32,
+                        },
+                    );
+                }
                 self.add_message(seg, *msg_id, body)
             }
             RecordView::AddRef { msg_id, queue } => self.add_ref(seg, *msg_id, queue),
@@ -477,7 +503,11 @@ impl State {
 
     fn apply_op(&mut self, seg: SegId, op: PendingOp) {
         match op {
-            PendingOp::AddMessage { msg_id, body } => self.add_message(seg, msg_id, body),
+            PendingOp::AddMessage { msg_id, body } => {
+                // Its record is a `Tx` wrapper, which `read_body` does not read.
+                self.locations.remove(&msg_id);
+                self.add_message(seg, msg_id, body)
+            }
             PendingOp::AddRef { msg_id, queue } => self.add_ref(seg, msg_id, &queue),
             PendingOp::AckRef { msg_id, queue } => self.ack_ref(seg, msg_id, &queue),
             PendingOp::DeliveryCount {
@@ -492,13 +522,13 @@ impl State {
 
     fn add_message(&mut self, seg: SegId, msg_id: u64, body: Option<Bytes>) {
         self.max_msg_id = self.max_msg_id.max(msg_id);
+        if let Some(b) = body {
+            self.bodies.insert(msg_id, b);
+        }
         if let Some(m) = self.msgs.get_mut(&msg_id) {
             // A copy written by compaction: the message now lives here. The copy must not
             // outlive the original (or the original would come back after the copy's acks).
             let old = std::mem::replace(&mut m.seg, seg);
-            if body.is_some() {
-                m.body = body;
-            }
             self.dec(old);
             self.inc(seg);
             self.need(seg, old);
@@ -509,7 +539,6 @@ impl State {
             MsgEntry {
                 seg,
                 refs: Vec::new(),
-                body,
             },
         );
         self.inc(seg);
@@ -564,6 +593,9 @@ impl State {
         }
         if now_empty {
             self.msgs.remove(&msg_id);
+            if !self.bodies.is_empty() {
+                self.bodies.remove(&msg_id);
+            }
             // No `need` here: an AddMessage without refs is dropped at recovery anyway.
             self.dec(msg_seg);
         }
@@ -784,13 +816,14 @@ impl State {
             .collect();
         for id in orphans {
             let m = self.msgs.remove(&id).unwrap();
+            self.bodies.remove(&id);
             self.dec(m.seg);
         }
 
         self.keep_bodies = false;
         let mut live_bytes: HashMap<SegId, usize, FastBuild> = HashMap::default();
-        for m in self.msgs.values() {
-            if let Some(b) = &m.body {
+        for (id, m) in &self.msgs {
+            if let Some(b) = self.bodies.get(id) {
                 *live_bytes.entry(m.seg).or_default() += b.len();
             }
         }
@@ -801,8 +834,9 @@ impl State {
             .collect();
 
         let mut messages = Vec::with_capacity(self.msgs.len());
-        for (id, m) in self.msgs.iter_mut() {
-            let Some(mut body) = m.body.take() else {
+        let mut bodies = std::mem::take(&mut self.bodies);
+        for (id, m) in self.msgs.iter() {
+            let Some(mut body) = bodies.remove(id) else {
                 continue;
             };
             if sparse.contains(&m.seg) {
@@ -810,6 +844,11 @@ impl State {
             }
             messages.push(RecoveredMessage {
                 msg_id: *id,
+                location: self
+                    .locations
+                    .get(id)
+                    .copied()
+                    .filter(|l| l.segment == m.seg),
                 encoded: body,
                 refs: m
                     .refs
@@ -824,6 +863,7 @@ impl State {
         }
         messages.sort_unstable_by_key(|m| m.msg_id);
         out.messages = messages;
+        self.locations = FastMap::default();
 
         out.destinations = self
             .dests

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::error::JournalError;
 use super::format::{self, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::page::{FileCache, Location};
 use super::record::{Record, RecordView};
 use super::recovery;
 use super::state::{Recovered, SegId, State};
@@ -117,6 +118,8 @@ struct Shared {
     epoch: u64,
     max_pending: usize,
     batch_limit: usize,
+    /// Locations of bodies the broker does not know yet (see `page.rs`).
+    placed: super::page::Placed,
 }
 
 impl Shared {
@@ -242,6 +245,7 @@ pub struct Journal {
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
+    files: FileCache,
 }
 
 impl std::fmt::Debug for Journal {
@@ -308,6 +312,8 @@ struct Writer {
     compacting: Option<SegId>,
     job: Option<CompactionJob>,
     batches_since_compaction_check: u32,
+    /// Where the last batch put its top-level `AddMessage` records (msg_id, location).
+    placed: Vec<(u64, Location)>,
 }
 
 impl Writer {
@@ -474,9 +480,22 @@ impl Writer {
         records: impl Iterator<Item = &'a Record> + Clone,
     ) -> Result<u64, JournalError> {
         self.buf.clear();
+        self.placed.clear();
         let start = format::begin_batch(&mut self.buf);
         let mut count = 0u32;
         for r in records.clone() {
+            if let Record::AddMessage { msg_id, encoded } = r {
+                // Offset within the batch for now; made absolute once the batch is written.
+                let at = self.buf.len() as u32;
+                self.placed.push((
+                    *msg_id,
+                    Location {
+                        segment: 0,
+                        offset: at,
+                        len: encoded.len() as u32,
+                    },
+                ));
+            }
             r.encode(&mut self.buf);
             count += 1;
         }
@@ -489,6 +508,14 @@ impl Writer {
         c.records.fetch_add(u64::from(count), Relaxed);
         c.bytes.fetch_add(self.buf.len() as u64, Relaxed);
         let id = self.active.id;
+        // The batch ends at the segment's new offset; segments are at most 4 GiB (validated).
+        let base = (self.active.offset - self.buf.len() as u64) as u32;
+        for (_, loc) in &mut self.placed {
+            loc.segment = id;
+            loc.offset += base;
+        }
+        // Before any completion resolves and before reclaim can delete a compacted original.
+        self.shared.placed.insert(&self.placed);
         self.state.note_written(id, u64::from(count));
         for r in records {
             self.state.apply(id, &r.view(), None);
@@ -519,6 +546,10 @@ impl Writer {
             deleted += 1;
         }
         if deleted > 0 {
+            let state = &self.state;
+            self.shared
+                .placed
+                .segments_deleted(|id| state.has_message(id));
             if let Err(e) = sync_dir(&self.dir) {
                 tracing::warn!(error = %e, "directory fsync after reclaim failed");
             }
@@ -839,6 +870,7 @@ impl Journal {
             epoch: options.epoch,
             max_pending: options.max_pending_bytes,
             batch_limit,
+            placed: super::page::Placed::default(),
         });
         let meta = format::SegmentMeta {
             epoch: options.epoch,
@@ -860,6 +892,7 @@ impl Journal {
             compacting: None,
             job: None,
             batches_since_compaction_check: 0,
+            placed: Vec::new(),
         };
         writer.state.add_segment(next_id);
         shared.counters.segments_created.fetch_add(1, Relaxed);
@@ -912,6 +945,7 @@ impl Journal {
                 shared,
                 writer: Mutex::new(Some(handle)),
                 dir,
+                files: FileCache::default(),
             },
             recovered,
         ))
@@ -1051,6 +1085,30 @@ impl Journal {
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Takes the location of a message appended since open, once its append is durable (the
+    /// journal forgets it then; the caller keeps it). `None` for a message appended inside a
+    /// transaction (`Tx`), which the broker must keep in memory.
+    pub fn take_location(&self, msg_id: u64) -> Option<Location> {
+        self.shared.placed.take(msg_id)
+    }
+
+    /// Reads back the body of live message `msg_id`, last known at `known` (from
+    /// [`Journal::take_location`] or recovery). Valid after compaction moved the record; works
+    /// after close too (files only). Blocking: one `pread` (see `page.rs`).
+    pub fn read_body(&self, msg_id: u64, known: Location) -> Result<Bytes, JournalError> {
+        super::page::read_body(&self.dir, &self.shared.placed, &self.files, msg_id, known)
+    }
+
+    /// Locations held for the broker (appends not yet taken, records moved by compaction).
+    pub fn placed_len(&self) -> usize {
+        self.shared.placed.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn placed(&self) -> &super::page::Placed {
+        &self.shared.placed
     }
 
     /// A snapshot of the counters.

@@ -250,16 +250,13 @@ fn duration_runs_stop_by_themselves_and_show_progress() {
 }
 
 #[test]
-fn refusals_exit_2_and_unsupported_transactions_fail_clearly() {
+fn refusals_exit_2_and_transaction_batches_run_natively_and_over_stomp() {
     let (code, _, err) = run_cli(&["perf", "--url", "tcp://10.1.2.3:61616", "-n", "1"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("loopback") && err.contains("--allow-remote"),
         "{err}"
     );
-    let (code, _, err) = run_cli(&["perf", "--embedded", "--tx-batch", "5"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("unsupported"), "{err}");
     let (code, _, err) = run_cli(&["perf", "--embedded", "-d", "perf"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("queue:NAME"), "{err}");
@@ -276,17 +273,17 @@ fn refusals_exit_2_and_unsupported_transactions_fail_clearly() {
         assert!(r["errors"].to_string().contains("refused"), "{r:#}");
     }
 
-    // STOMP transactions reach tandem, which refuses them today: the run fails (exit 1) with the
-    // broker's error, rather than pretending.
-    let broker = BrokerProcess::start(&[]);
+    // Transaction batches (a commit confirms each batch of 10; the last batch is partial), over
+    // the native protocol and over STOMP, with persistent messages on a journal.
+    let (code, r, _) = perf(&["--embedded", "-n", "25", "--tx-batch", "10"]);
+    assert_clean(code, &r, 25, 25);
+    assert_eq!(u(&r, "confirmed"), 25, "{r:#}");
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start_in(&dir.path().join("data"), &[]);
     let stomp = broker.stomp.unwrap().to_string();
-    let (code, r, _) = perf(&["--stomp", &stomp, "-n", "20", "--tx-batch", "10"]);
-    assert_eq!(code, 1, "{r:#}");
-    assert_eq!(r["ok"], false);
-    let errors = r["errors"].to_string();
-    assert!(
-        errors.contains("not-implemented") || errors.contains("NotImplemented"),
-        "{errors}"
-    );
+    let (code, r, _) = perf(&["--stomp", &stomp, "-n", "25", "--tx-batch", "10"]);
+    assert_clean(code, &r, 25, 25);
+    let (code, r, _) = perf(&["--url", &broker.url(), "-n", "25", "--tx-batch", "10"]);
+    assert_clean(code, &r, 25, 25);
     broker.terminate();
 }

@@ -47,6 +47,9 @@ type Pending = (Receipt, u64, u64, OwnedSemaphorePermit);
 async fn producer(factory: ConnectionFactory, mut ctx: ProducerCtx) -> anyhow::Result<Keep> {
     let cfg = ctx.run.cfg.clone();
     let conn = factory.connect().await.context("connect")?;
+    if cfg.tx_batch > 0 {
+        return tx_producer(conn, ctx).await;
+    }
     let session = conn.create_session(AckMode::Auto).await?;
     let mut producer = session.create_producer(Some(&cfg.destination)).await?;
     producer.set_delivery_mode(if cfg.persistent {
@@ -110,6 +113,62 @@ async fn producer(factory: ConnectionFactory, mut ctx: ProducerCtx) -> anyhow::R
     // Closing the producer is a request the broker answers after every frame before it on this
     // connection: once answered, every send has been routed (so a late subscriber cannot
     // overtake them, and non-persistent sends are out of the client's buffers).
+    if !ctx.run.abort.is_cancelled() {
+        producer.close().await.context("closing the producer")?;
+    }
+    Ok(Box::new((conn, session, producer)))
+}
+
+/// Sends in transactions of `tx_batch` messages: a batch is confirmed by its commit, and the
+/// send-to-confirm latency of its last message is the commit's.
+async fn tx_producer(
+    conn: tandem_client::Connection,
+    mut ctx: ProducerCtx,
+) -> anyhow::Result<Keep> {
+    let cfg = ctx.run.cfg.clone();
+    let session = conn.create_session(AckMode::Transacted).await?;
+    let mut producer = session.create_producer(Some(&cfg.destination)).await?;
+    producer.set_delivery_mode(if cfg.persistent {
+        DeliveryMode::Persistent
+    } else {
+        DeliveryMode::NonPersistent
+    });
+    if ctx.ready_and_wait().await.is_none() {
+        return Ok(Box::new((conn, session, producer)));
+    }
+    let run_id = ctx.run.run_id;
+    let mut k = 0u64;
+    let mut in_tx = 0u64;
+    let mut last = (0, 0);
+    while let Some(intended) = ctx.next_slot(k).await {
+        if ctx.run.abort.is_cancelled() || ctx.run.stop_sending.is_cancelled() {
+            break;
+        }
+        let sent = ctx.run.clock.now_ns();
+        let intended = intended.unwrap_or(sent);
+        k += 1;
+        let msg = Message::bytes(ctx.run.body.clone())
+            .with_property(P_RUN, run_id)?
+            .with_property(P_PRODUCER, ctx.index as i32)?
+            .with_property(P_SEQ, k as i64)?
+            .with_property(P_INTENDED, intended as i64)?
+            .with_property(P_SENT, sent as i64)?;
+        // The broker answers a transaction's send at once (it holds it until the commit), so the
+        // receipt is not awaited: the commit reports a refused send.
+        drop(producer.send_async(msg).await.context("send")?);
+        ctx.on_sent(sent);
+        last = (intended, sent);
+        in_tx += 1;
+        if in_tx == u64::from(cfg.tx_batch) {
+            session.commit().await.context("commit")?;
+            ctx.on_confirmed(in_tx, Some(last));
+            in_tx = 0;
+        }
+    }
+    if in_tx > 0 && !ctx.run.abort.is_cancelled() {
+        session.commit().await.context("commit")?;
+        ctx.on_confirmed(in_tx, Some(last));
+    }
     if !ctx.run.abort.is_cancelled() {
         producer.close().await.context("closing the producer")?;
     }

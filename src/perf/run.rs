@@ -625,11 +625,11 @@ pub async fn execute<D: Driver>(cfg: PerfConfig, driver: D) -> Report {
 }
 
 /// Whether the broker confirms sends in this run: persistent native sends (SendReceipt), STOMP
-/// sends with receipts (or transactions).
+/// sends with receipts, and transactions (their commits).
 fn confirms_exist(cfg: &PerfConfig) -> bool {
     match cfg.target {
         super::config::Target::Stomp { .. } => cfg.receipt_every > 0 || cfg.tx_batch > 0,
-        _ => cfg.persistent,
+        _ => cfg.persistent || cfg.tx_batch > 0,
     }
 }
 

@@ -160,6 +160,18 @@ impl BrokerInner {
         )
     }
 
+    /// Whether `d` may be created on first use: never a temporary destination (those exist only
+    /// between their create and delete); otherwise the matching address settings' `auto_create`,
+    /// or the broker's.
+    fn may_auto_create(&self, d: &Destination) -> bool {
+        if d.kind().is_temporary() {
+            return false;
+        }
+        crate::settings::resolve(&self.config.address_settings, d.name())
+            .auto_create
+            .unwrap_or(self.config.auto_create)
+    }
+
     /// The queue for a queue or temporary-queue destination, created on first use if allowed.
     pub(crate) fn queue(&self, d: &Destination) -> Result<Arc<Queue>, Refusal> {
         let key = (d.kind(), Arc::<str>::from(d.name()));
@@ -167,7 +179,7 @@ impl BrokerInner {
             return Ok(q.clone());
         }
         // Temporary destinations exist only between their create and delete.
-        if !self.config.auto_create || d.kind().is_temporary() {
+        if !self.may_auto_create(d) {
             return Err(self.missing(d));
         }
         Ok(self.queue_forced(d))
@@ -208,7 +220,7 @@ impl BrokerInner {
         if let Some(t) = self.topics.read().get(&key) {
             return Ok(t.clone());
         }
-        if !self.config.auto_create || d.kind().is_temporary() {
+        if !self.may_auto_create(d) {
             return Err(self.missing(d));
         }
         Ok(self

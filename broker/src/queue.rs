@@ -685,6 +685,14 @@ impl Queue {
             {
                 s.outstanding = s.outstanding.saturating_sub(1);
             }
+            let delay = self.settings.redelivery_delay_ms;
+            if seen && delay > 0 && self.scheduler.is_some() {
+                // Redelivery delay: due again later (still charged: it waits in memory).
+                st.ready_count -= 1;
+                let at = now_ms.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+                self.schedule(&mut st, at, seq, entry);
+                continue;
+            }
             let prio = usize::from(entry.msg.priority.min(9));
             // Still charged from its delivery: it comes back in memory.
             st.ready[prio].insert(seq, Slot::Resident(entry));

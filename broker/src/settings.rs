@@ -29,6 +29,13 @@ pub struct DestinationSettings {
     /// What happens to a send once that budget (or the broker's `global_memory_limit`) is used
     /// up. See docs/PAGING.md.
     pub full_policy: FullPolicy,
+    /// How long a message given back after being seen (rollback, recover, a consumer's session
+    /// closing) waits before it is delivered again, in ms; 0: at once. Held in memory, not
+    /// journaled: after a restart the message is due at once.
+    pub redelivery_delay_ms: u64,
+    /// Whether matching destinations are created on first use; unset: the broker's
+    /// `auto_create`.
+    pub auto_create: Option<bool>,
 }
 
 /// What a destination does when its memory budget is used up.
@@ -56,6 +63,8 @@ impl Default for DestinationSettings {
             expiry_queue: String::new(),
             memory_limit: 0,
             full_policy: FullPolicy::Page,
+            redelivery_delay_ms: 0,
+            auto_create: None,
         }
     }
 }

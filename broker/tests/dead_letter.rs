@@ -173,3 +173,100 @@ async fn an_expired_message_goes_to_the_expiry_queue_and_never_expires_there() {
     c.ack(1, 2, d.delivery_id, AckKind::Individual).await;
     b.shutdown().await;
 }
+
+/// A destination's redelivery delay holds back a message given back after it was seen; one never
+/// seen (merely prefetched) comes back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_delay_holds_a_seen_message_back() {
+    let b = Broker::start(BrokerConfig {
+        address_settings: vec![DestinationSettings {
+            pattern: "slow.#".into(),
+            redelivery_delay_ms: 400,
+            ..DestinationSettings::default()
+        }],
+        ..BrokerConfig::embedded()
+    })
+    .await
+    .unwrap();
+    let q = queue("slow.retry");
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    p.send_msg(1, 1, text(&q, 1, false)).await.unwrap();
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Client).await;
+    c.consumer(1, 1, &q, 10).await.unwrap();
+    let d = c.deliver().await;
+    let given_back = std::time::Instant::now();
+    nack(&mut c, d.delivery_id).await;
+    assert!(
+        c.deliver_within(Duration::from_millis(150)).await.is_none(),
+        "held back by the redelivery delay"
+    );
+    let again = c
+        .deliver_within(GUARD)
+        .await
+        .expect("delivered after the delay");
+    assert!(given_back.elapsed() >= Duration::from_millis(400));
+    assert!(again.redelivered);
+    assert_eq!(again.delivery_count, 2);
+    b.shutdown().await;
+}
+
+/// `auto_create` per pattern overrides the broker's setting, both ways.
+#[tokio::test]
+async fn auto_create_follows_the_matching_address_settings() {
+    let b = Broker::start(BrokerConfig {
+        auto_create: false,
+        address_settings: vec![
+            DestinationSettings {
+                pattern: "dyn.#".into(),
+                auto_create: Some(true),
+                ..DestinationSettings::default()
+            },
+            DestinationSettings {
+                pattern: "dyn.fixed.*".into(),
+                auto_create: Some(false),
+                ..DestinationSettings::default()
+            },
+        ],
+        ..BrokerConfig::embedded()
+    })
+    .await
+    .unwrap();
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Auto).await;
+    open_producer(&mut c, 1, "dyn.orders")
+        .await
+        .expect("auto-created by its pattern");
+    let r = open_producer(&mut c, 2, "other").await;
+    assert!(
+        matches!(r, Err((tandem_protocol::ErrorCode::DestinationNotFound, _))),
+        "{r:?}"
+    );
+    let r = open_producer(&mut c, 3, "dyn.fixed.a").await;
+    assert!(
+        matches!(r, Err((tandem_protocol::ErrorCode::DestinationNotFound, _))),
+        "{r:?}"
+    );
+    b.shutdown().await;
+}
+
+async fn open_producer(
+    c: &mut Raw,
+    producer_id: u64,
+    name: &str,
+) -> Result<(), (tandem_protocol::ErrorCode, String)> {
+    let d = queue(name).to_wire();
+    c.request(move |request_id| {
+        wire::ProducerOpen {
+            request_id,
+            session_id: 1,
+            producer_id,
+            producer_name: String::new(),
+            destination: Some(d),
+        }
+        .into()
+    })
+    .await
+}

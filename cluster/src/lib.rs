@@ -156,5 +156,8 @@ pub use config::{Config, ConfigError, Timing};
 pub use driver::{DriverHandle, LeaseDriver, NotHolding, RecoveryReporter, WriteGuard};
 pub use machine::{Action, ClaimOutcome, Event, FenceReason, RenewOutcome, Role, RoleMachine};
 pub use runtime::{LaneError, LaneOptions, run_lane};
-pub use store::{FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore};
+pub use store::{
+    FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore, RaftLeaseStore, RaftMember,
+    RaftMemberOptions, RaftStoreError, RaftTiming,
+};
 pub use types::{Epoch, LaneId, LeaseView};

@@ -155,7 +155,7 @@ mod types;
 pub use config::{Config, ConfigError, Timing};
 pub use driver::{DriverHandle, LeaseDriver, NotHolding, RecoveryReporter, WriteGuard};
 pub use machine::{Action, ClaimOutcome, Event, FenceReason, RenewOutcome, Role, RoleMachine};
-pub use runtime::{LaneError, LaneOptions, run_lane};
+pub use runtime::{LaneError, LaneOptions, run_lane, run_lane_with_store};
 pub use store::{
     FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore, RaftLeaseStore, RaftMember,
     RaftMemberOptions, RaftStoreError, RaftTiming,

@@ -94,17 +94,20 @@ pub struct RaftTiming {
 }
 
 impl RaftTiming {
-    /// For lease TTL `ttl` (1 s → heartbeat 100 ms, elections after 250–400 ms, operations fail after 300 ms).
+    /// For lease TTL `ttl` (1 s → heartbeat 50 ms, elections after 150–250 ms, operations fail after 300 ms).
     ///
-    /// A renewal that meets a dead leader keeps retrying for `op_timeout`; the next one starts right after. The
-    /// group elects a new leader within about `election_max` plus one round trip, which must fit in the holder's
-    /// write window (`ttl - safety margin`, 800 ms by default) after its last successful renewal.
+    /// When the leader dies, openraft's followers wait out its lease (`election_max`) plus a random election
+    /// timeout before standing, so a new leader commits about `2 × election_max` (+ one round trip) after the
+    /// last heartbeat: ~520 ms at a 1 s TTL. A holder whose member is not the leader keeps renewing meanwhile (a
+    /// failed renewal is retried within ~60 ms), and its renewal that succeeds first after the election must
+    /// complete inside its write window (`ttl - safety margin` = 800 ms) after the start of its last successful
+    /// renewal, which was at most one renew interval (250 ms) before the leader died: 250 + 520 < 800.
     pub fn from_lease_ttl(ttl: Duration) -> RaftTiming {
         let ms = |d: Duration| d.max(Duration::from_millis(5));
         RaftTiming {
-            heartbeat: ms(ttl / 10),
-            election_min: ms(ttl / 4),
-            election_max: ms(ttl * 2 / 5),
+            heartbeat: ms(ttl / 20),
+            election_min: ms(ttl * 3 / 20),
+            election_max: ms(ttl / 4),
             rpc_timeout: ms(ttl / 4),
             op_timeout: ms(ttl * 3 / 10),
         }
@@ -419,7 +422,8 @@ impl RaftMember {
         let network = Network {
             me: id,
             rpc_timeout: t.rpc_timeout,
-            backoff: t.heartbeat,
+            // A dead peer is retried at this pace (openraft logs every failed attempt).
+            backoff: t.election_min,
         };
         let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
             .await

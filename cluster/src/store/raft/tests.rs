@@ -384,6 +384,60 @@ async fn the_active_fences_when_its_majority_is_gone() {
     g.stop_all().await;
 }
 
+/// Drive lane `i`'s driver on member `i` until it is active and serving; returns its epoch.
+async fn until_serving(driver: &crate::DriverHandle) -> Epoch {
+    let mut role = driver.role();
+    let recovery = driver.recovery_reporter();
+    let t0 = Instant::now();
+    loop {
+        let r = *role.borrow_and_update();
+        match r {
+            Role::Active {
+                epoch,
+                serving: false,
+            } => recovery.done(epoch).await,
+            Role::Active { epoch, .. } => return epoch,
+            _ => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never active: {r:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), role.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_rides_out_the_death_of_the_leader_member() {
+    // The active lane's member is a follower; the leader (another lane's member) dies. The group elects a
+    // new leader inside the active's write window, so it neither fences nor changes epoch.
+    let ttl = Duration::from_secs(1);
+    let mut g = Group::start(RaftTiming::from_lease_ttl(ttl)).await;
+    let leader = g.leader().await;
+    // The lane whose member follows (never the witness, index 2).
+    let lane_idx = if leader == 0 { 1 } else { 0 };
+    let cfg = Config::new(lane(NAMES[lane_idx]), Timing::from_ttl(ttl)).unwrap();
+    let driver = LeaseDriver::spawn(cfg, Arc::new(g.member(lane_idx).store()));
+    let epoch = until_serving(&driver).await;
+    let leader = g.leader().await;
+    assert_ne!(leader, lane_idx, "the active's own member became leader");
+    g.stop(leader).await;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            *driver.role().borrow(),
+            Role::Active {
+                epoch,
+                serving: true
+            },
+            "the active lost the lease when the leader member died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    driver.shutdown().await;
+    g.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dormant_takes_over_when_the_active_lane_and_its_member_die() {
     let ttl = Duration::from_secs(1);

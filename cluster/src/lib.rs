@@ -10,8 +10,8 @@
 //! - [`RoleMachine`] ([`machine`]): the pure state machine. Events and this lane's monotonic time in, [`Action`]s
 //!   out; no I/O, no sleeping, no clock reads, so tests drive time directly.
 //! - [`LeaseStore`] ([`store`]): where epochs are claimed and heartbeats written. [`FileLeaseStore`] on a shared
-//!   directory, [`MemoryLeaseStore`] for tests; one conformance suite checks both. A later quorum store fits the
-//!   same trait: an epoch is a fencing token.
+//!   directory, [`MemoryLeaseStore`] for tests, [`RaftLeaseStore`] on a three-member openraft group
+//!   ([`store::raft`]); one conformance suite checks all three. An epoch is a fencing token in each.
 //! - [`LeaseDriver`] ([`driver`]): runs the machine against a store on the real clock as a tokio task and
 //!   publishes the [`Role`] on a `watch` channel, plus a [`WriteGuard`] for the journal.
 //!

@@ -9,7 +9,7 @@
 //!   <raft-dir>/raft.redb: vote, log, snapshot (the lease table)          (never stands for election)
 //! ```
 //!
-//! The replicated state machine is the lease table ([`table`]): every claim and renewal is a log entry applied in
+//! The replicated state machine is the lease table (`table.rs`): every claim and renewal is a log entry applied in
 //! log order on every member, with exactly the trait's rules (claim `n` only if `n == 1` or `n - 1` exists and `n`
 //! is unclaimed; renew fails `Superseded` when a newer epoch exists). The epoch is the fencing token, as with the
 //! file store.
@@ -24,7 +24,7 @@
 //! - **Every operation is bounded** by [`RaftTiming::op_timeout`]: without a majority it fails with
 //!   [`LeaseError::Unavailable`], which the driver counts as a failed read, claim or renewal, so an active lane
 //!   that loses its majority stops renewing and fences itself at its deadline.
-//! - **Durability**: a member acknowledges an entry or a vote only after redb fsynced it ([`storage`]), so a
+//! - **Durability**: a member acknowledges an entry or a vote only after redb fsynced it (`storage.rs`), so a
 //!   restarted member never votes twice in a term.
 //! - **Bootstrap** is deterministic: the member whose id sorts first initialises the membership (all members,
 //!   from the shared `--peers` list) the first time it starts; a member with state on disk never initialises.

@@ -296,3 +296,53 @@ async fn without_a_majority_nobody_takes_over_until_the_witness_returns() {
     eprintln!("takeover {took:?} after the witness returned");
     load::check(&g.url(other), &q, &ledger, "after the minority period").await;
 }
+
+/// Misconfigurations of the quorum lease fail at start with one line naming the problem.
+#[test]
+fn raft_flags_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = run_cli(&["run", "--lease", "raft", "--data-dir", d]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--lease raft is for failover lanes"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "run",
+        "--lane",
+        "a",
+        "--shared-dir",
+        d,
+        "--lease",
+        "raft",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--raft-listen") && err.contains("--raft-peers"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&[
+        "witness",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "a=127.0.0.1:1,w",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("expected ID=HOST:PORT"), "{err}");
+    let (code, _, err) = run_cli(&[
+        "witness",
+        "--id",
+        "x",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "a=127.0.0.1:1,w=127.0.0.1:2",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("(x) is not in the list"), "{err}");
+}

@@ -529,3 +529,47 @@ async fn vote_and_log_survive_reopening() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[2].log_id.index, 3);
 }
+
+#[test]
+fn peers_parse_and_number_the_same_everywhere() {
+    let peers = parse_peers("w=10.0.0.3:7100, a=10.0.0.1:7100,b=host-b:7100").unwrap();
+    assert_eq!(peers.len(), 3);
+    assert_eq!(peers[2], (lane("b"), "host-b:7100".to_string()));
+    // Numbering depends on the ids only, not on the order they were listed in.
+    let mut shuffled = peers.clone();
+    shuffled.reverse();
+    let ids: Vec<_> = node_ids(&peers).into_iter().collect();
+    assert_eq!(ids, node_ids(&shuffled).into_iter().collect::<Vec<_>>());
+    assert_eq!(ids[0].1.0, lane("a"));
+    assert_eq!(ids[0].0, 1);
+    for bad in [
+        "",
+        "a",
+        "a=",
+        "a=host",
+        "a=host:port",
+        "a=:7100",
+        "a=h:70000",
+        "a b=h:1",
+        "a=h:1,a=h:2",
+    ] {
+        assert!(
+            matches!(parse_peers(bad), Err(RaftStoreError::Peers { .. })),
+            "{bad:?} accepted"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_member_missing_from_its_peers_list_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RaftMemberOptions {
+        id: lane("c"),
+        peers: parse_peers("a=127.0.0.1:1,b=127.0.0.1:2").unwrap(),
+        dir: dir.path().to_path_buf(),
+        timing: patient(),
+        witness: false,
+    };
+    let err = RaftMember::start(opts, "127.0.0.1:0").await.unwrap_err();
+    assert!(matches!(err, RaftStoreError::Peers { .. }), "{err}");
+}

@@ -336,6 +336,43 @@ async fn snapshots_and_purges_keep_the_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_the_purged_log_catches_up_from_a_snapshot() {
+    let mut g = Group::start(patient()).await;
+    g.stop(2).await;
+    let s = g.member(0).store();
+    off(move || {
+        s.claim(Epoch(1), &lane("a")).unwrap();
+        for c in 1..=700 {
+            s.renew(Epoch(1), &lane("a"), c).unwrap();
+        }
+    })
+    .await;
+    let leader = g.leader().await;
+    let t0 = Instant::now();
+    while g.member(leader).metrics().borrow().purged.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "log never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Member 2's log ends before the purged point: only a snapshot sent over the network (the
+    // full_snapshot RPC) can bring it up to date.
+    g.restart(2).await;
+    let t0 = Instant::now();
+    loop {
+        let newest = g.member(2).core.state.lock().table.newest();
+        if newest.as_ref().is_some_and(|v| v.heartbeat == 700) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "member 2 never caught up: {newest:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(g.member(2).metrics().borrow().snapshot.is_some());
+    g.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_fences_when_its_majority_is_gone() {
     let ttl = Duration::from_secs(1);
     let mut g = Group::start(RaftTiming::from_lease_ttl(ttl)).await;

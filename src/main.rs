@@ -189,7 +189,12 @@ async fn run_lane(
     let opts = LaneOptions {
         lane: LaneId::new(lane).map_err(|e| anyhow::anyhow!("--lane {lane:?}: {e}"))?,
         shared_dir: shared.to_path_buf(),
-        timing: Timing::from_ttl(std::time::Duration::from_millis(ttl_ms)),
+        timing: match args.lease {
+            LeaseKind::File => Timing::from_ttl(std::time::Duration::from_millis(ttl_ms)),
+            LeaseKind::Raft => {
+                tandem_cluster::RaftTiming::lease_timing(std::time::Duration::from_millis(ttl_ms))
+            }
+        },
         broker: config,
     };
     let member = match args.lease {

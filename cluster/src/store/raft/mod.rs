@@ -6,7 +6,7 @@
 //!  LeaseDriver ─▶ RaftLeaseStore       LeaseDriver ─▶ RaftLeaseStore
 //!                  │ local or forwarded to the leader
 //!  RaftMember a ◀──── raft RPCs (TCP, length-prefixed JSON) ────▶ RaftMember b ◀────▶ RaftMember w
-//!   <raft-dir>/raft.redb: vote, log, snapshot (the lease table)          (never stands for election)
+//!   <raft-dir>/raft.redb: vote, log, snapshot (the lease table)     (stands only when nobody leads)
 //! ```
 //!
 //! The replicated state machine is the lease table (`table.rs`): every claim and renewal is a log entry applied in
@@ -28,9 +28,12 @@
 //!   restarted member never votes twice in a term.
 //! - **Bootstrap** is deterministic: the member whose id sorts first initialises the membership (all members,
 //!   from the shared `--peers` list) the first time it starts; a member with state on disk never initialises.
-//! - **The witness never starts an election** (it still votes and replicates): any majority of three contains a
-//!   lane, so availability is unchanged, and killing the witness never costs the active lane a leader change.
-//!   Name it so it does not sort first, or it would be the first leader once, at bootstrap.
+//! - **The witness stands for election only when nobody leads**: it keeps elections off while AppendEntries
+//!   arrive, and turns them on after [`WITNESS_PATIENCE`] election timeouts without any. So a lane that can lead
+//!   wins first, and the witness's death usually costs no leader change. It must still be able to lead: a lane
+//!   restarted with an empty or stale log cannot win a vote (nobody votes for an older log), and with the other
+//!   lane dead only the witness can, and then bring that lane up to date. Its timeouts (and so its leader
+//!   lease, during which it refuses to vote) are the lanes', so it never slows down the lanes' elections.
 
 mod network;
 mod storage;
@@ -74,6 +77,9 @@ openraft::declare_raft_types!(
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );
 
+/// How many (maximum) election timeouts without AppendEntries before a witness may stand for election.
+pub const WITNESS_PATIENCE: u32 = 3;
+
 /// Pause between attempts of one operation while no leader is known or the leader is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
@@ -94,23 +100,34 @@ pub struct RaftTiming {
 }
 
 impl RaftTiming {
-    /// For lease TTL `ttl` (1 s → heartbeat 50 ms, elections after 150–250 ms, operations fail after 300 ms).
+    /// For lease TTL `ttl` (1 s → heartbeat 50 ms, elections after 125–200 ms, operations fail after 300 ms).
     ///
     /// When the leader dies, openraft's followers wait out its lease (`election_max`) plus a random election
-    /// timeout before standing, so a new leader commits about `2 × election_max` (+ one round trip) after the
-    /// last heartbeat: ~520 ms at a 1 s TTL. A holder whose member is not the leader keeps renewing meanwhile (a
-    /// failed renewal is retried within ~60 ms), and its renewal that succeeds first after the election must
-    /// complete inside its write window (`ttl - safety margin` = 800 ms) after the start of its last successful
-    /// renewal, which was at most one renew interval (250 ms) before the leader died: 250 + 520 < 800.
+    /// timeout before standing, so a new leader commits about `2 × election_max` plus a vote and an append round
+    /// after the last heartbeat: ~420 ms at a 1 s TTL. A holder whose member is not the leader keeps renewing
+    /// meanwhile (a failed renewal is retried within a quarter renew interval), and the renewal that succeeds
+    /// first after the election must complete inside its write window (`ttl - safety margin` = 800 ms) after the
+    /// start of its last successful renewal, which was at most one renew interval before the leader died. With
+    /// [`RaftTiming::lease_timing`]'s renew interval of TTL/8 that leaves 800 − 125 − 420 ≈ 250 ms for a loaded
+    /// machine.
     pub fn from_lease_ttl(ttl: Duration) -> RaftTiming {
         let ms = |d: Duration| d.max(Duration::from_millis(5));
         RaftTiming {
             heartbeat: ms(ttl / 20),
-            election_min: ms(ttl * 3 / 20),
-            election_max: ms(ttl / 4),
+            election_min: ms(ttl / 8),
+            election_max: ms(ttl / 5),
             rpc_timeout: ms(ttl / 4),
             op_timeout: ms(ttl * 3 / 10),
         }
+    }
+
+    /// The lease timing a lane on the raft lease should use for `ttl`: the defaults, renewing every TTL/8
+    /// instead of TTL/4 so a leader election fits in the write window with room to spare (see
+    /// [`RaftTiming::from_lease_ttl`]). A renewal is one small log entry.
+    pub fn lease_timing(ttl: Duration) -> crate::Timing {
+        let mut timing = crate::Timing::from_ttl(ttl);
+        timing.renew_interval = ttl / 8;
+        timing
     }
 }
 
@@ -190,7 +207,7 @@ pub struct RaftMemberOptions {
     pub dir: PathBuf,
     /// Timing.
     pub timing: RaftTiming,
-    /// A witness votes and replicates but never stands for election.
+    /// A witness stands for election only when no leader has been heard of for a while ([`WITNESS_PATIENCE`]).
     pub witness: bool,
 }
 
@@ -216,6 +233,8 @@ struct Core {
     forward: BTreeMap<u64, tokio::sync::Mutex<Conn>>,
     nonces: RandomState,
     next_nonce: AtomicU64,
+    /// When this member last received AppendEntries (a witness's sign that someone leads).
+    last_append: Mutex<Instant>,
 }
 
 impl Core {
@@ -323,7 +342,10 @@ impl Core {
 impl network::Handler for Core {
     async fn handle(&self, request: Request) -> Response {
         match request {
-            Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
+            Request::Append(r) => {
+                *self.last_append.lock() = Instant::now();
+                Response::Append(self.raft.append_entries(r).await)
+            }
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot { vote, meta, table } => {
                 let snapshot = openraft::Snapshot {
@@ -337,6 +359,25 @@ impl network::Handler for Core {
                 let timeout = Duration::from_millis(timeout_ms).min(self.timing.op_timeout);
                 Response::Lease(self.local(&op, timeout).await)
             }
+        }
+    }
+}
+
+/// A witness's election switch: on only while no AppendEntries has arrived for a while, i.e. no lane leads (or
+/// the witness itself does, when turning it off would change nothing).
+async fn witness_elections(core: Arc<Core>, stop: CancellationToken) {
+    let patience = core.timing.election_max * WITNESS_PATIENCE;
+    let mut enabled = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(core.timing.heartbeat) => {}
+        }
+        let quiet = core.last_append.lock().elapsed() > patience;
+        if quiet != enabled {
+            enabled = quiet;
+            tracing::info!(elections = enabled, "witness: leader heard of: {}", !quiet);
+            core.raft.runtime_config().elect(enabled);
         }
     }
 }
@@ -409,12 +450,12 @@ impl RaftMember {
             heartbeat_interval: t.heartbeat.as_millis() as u64,
             election_timeout_min: t.election_min.as_millis() as u64,
             election_timeout_max: t.election_max.as_millis() as u64,
+            enable_elect: !opts.witness,
             // Renewals arrive a few times a second; a snapshot every 500 entries keeps the log (and a restart's
             // replay) short, and the table it saves is a few hundred bytes.
             snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 100,
             max_payload_entries: 256,
-            enable_elect: !opts.witness,
             ..Default::default()
         }
         .validate()
@@ -442,6 +483,7 @@ impl RaftMember {
             forward,
             nonces: RandomState::new(),
             next_nonce: AtomicU64::new(0),
+            last_append: Mutex::new(Instant::now()),
         });
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         tasks.spawn(network::serve(
@@ -450,6 +492,9 @@ impl RaftMember {
             stop.clone(),
             tasks.clone(),
         ));
+        if opts.witness {
+            tasks.spawn(witness_elections(Arc::clone(&core), stop.clone()));
+        }
         let first = *members.keys().next().expect("peers is never empty");
         let initialized = core
             .raft

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use super::storage::{self, LogStore, StateMachine};
 use super::*;
 use crate::store::conformance;
-use crate::{Config, LeaseDriver, Role, Timing};
+use crate::{Config, LeaseDriver, Role};
 
 fn lane(id: &str) -> LaneId {
     LaneId::new(id).unwrap()
@@ -376,7 +376,7 @@ async fn a_member_that_missed_the_purged_log_catches_up_from_a_snapshot() {
 async fn the_active_fences_when_its_majority_is_gone() {
     let ttl = Duration::from_secs(1);
     let mut g = Group::start(RaftTiming::from_lease_ttl(ttl)).await;
-    let cfg = Config::new(lane("a"), Timing::from_ttl(ttl)).unwrap();
+    let cfg = Config::new(lane("a"), RaftTiming::lease_timing(ttl)).unwrap();
     let driver = LeaseDriver::spawn(cfg, Arc::new(g.member(0).store()));
     let mut role = driver.role();
     let recovery = driver.recovery_reporter();
@@ -421,6 +421,37 @@ async fn the_active_fences_when_its_majority_is_gone() {
     g.stop_all().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_leads_when_the_only_live_lane_has_no_log() {
+    // Lane b comes back with an empty raft directory while lane a is dead: b cannot win a vote (its log is
+    // older than the witness's) and does not even know the membership, so only the witness can lead, and
+    // must, to bring b up to date.
+    let mut g = Group::start(patient()).await;
+    let s = g.member(0).store();
+    off(move || {
+        s.claim(Epoch(1), &lane("a")).unwrap();
+        s.renew(Epoch(1), &lane("a"), 4).unwrap();
+    })
+    .await;
+    g.stop(1).await;
+    g.dirs[1] = tempfile::tempdir().unwrap();
+    g.stop(0).await;
+    g.restart(1).await;
+    let s = g.member(1).store();
+    let t0 = Instant::now();
+    let view = loop {
+        let s = s.clone();
+        match off(move || s.read(None)).await {
+            Ok(v) => break v,
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(30), "{e}"),
+        }
+    };
+    assert_eq!(view.map(|v| (v.epoch, v.heartbeat)), Some((Epoch(1), 4)));
+    let leader = g.member(1).metrics().borrow().current_leader;
+    assert_eq!(leader, Some(g.member(2).node_id()), "the witness leads");
+    g.stop_all().await;
+}
+
 /// Drive lane `i`'s driver on member `i` until it is active and serving; returns its epoch.
 async fn until_serving(driver: &crate::DriverHandle) -> Epoch {
     let mut role = driver.role();
@@ -453,12 +484,13 @@ async fn the_active_rides_out_the_death_of_the_leader_member() {
     let leader = g.leader().await;
     // The lane whose member follows (never the witness, index 2).
     let lane_idx = if leader == 0 { 1 } else { 0 };
-    let cfg = Config::new(lane(NAMES[lane_idx]), Timing::from_ttl(ttl)).unwrap();
+    let cfg = Config::new(lane(NAMES[lane_idx]), RaftTiming::lease_timing(ttl)).unwrap();
     let driver = LeaseDriver::spawn(cfg, Arc::new(g.member(lane_idx).store()));
     let epoch = until_serving(&driver).await;
     let leader = g.leader().await;
     assert_ne!(leader, lane_idx, "the active's own member became leader");
     g.stop(leader).await;
+
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(3) {
         assert_eq!(
@@ -480,7 +512,7 @@ async fn the_dormant_takes_over_when_the_active_lane_and_its_member_die() {
     let ttl = Duration::from_secs(1);
     let mut g = Group::start(RaftTiming::from_lease_ttl(ttl)).await;
     let spawn = |i: usize| {
-        let cfg = Config::new(lane(NAMES[i]), Timing::from_ttl(ttl)).unwrap();
+        let cfg = Config::new(lane(NAMES[i]), RaftTiming::lease_timing(ttl)).unwrap();
         LeaseDriver::spawn(cfg, Arc::new(g.member(i).store()))
     };
     let (a, b) = (spawn(0), spawn(1));

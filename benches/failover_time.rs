@@ -3,9 +3,13 @@
 //! `FAILOVER_RUNS`), with an empty journal and with a backlog (`FAILOVER_BACKLOG`, default 1M x 1 KiB
 //! persistent messages: the new active recovers them before it serves).
 //!
+//! With `--lease raft` the lanes keep the lease in a raft group with a third member, a `tandem
+//! witness` process (each member with its own directory), instead of files on the shared directory.
+//!
 //! ```text
 //! cargo bench --bench failover_time
 //! FAILOVER_RUNS=5 FAILOVER_BACKLOG=100000 cargo bench --bench failover_time
+//! FAILOVER_BACKLOG=0 cargo bench --bench failover_time -- --lease raft
 //! ```
 //!
 //! Uses the release `tandem` binary Cargo builds for benches; lanes bind 127.0.0.1 only.
@@ -39,7 +43,63 @@ impl Drop for Lane {
     }
 }
 
-fn lane(name: &str, shared: &Path, port: u16) -> Lane {
+/// The raft flags of a lane or witness: (`--lease raft` flags for lane `name`, the peers list).
+struct Raft {
+    ports: [u16; 3],
+}
+
+impl Raft {
+    fn new() -> Raft {
+        Raft {
+            ports: [free_port(), free_port(), free_port()],
+        }
+    }
+
+    fn peers(&self) -> String {
+        format!(
+            "a=127.0.0.1:{},b=127.0.0.1:{},w=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+
+    fn lane_args(&self, name: &str, shared: &Path) -> Vec<String> {
+        let i = usize::from(name == "b");
+        vec![
+            "--lease".into(),
+            "raft".into(),
+            "--raft-listen".into(),
+            format!("127.0.0.1:{}", self.ports[i]),
+            "--raft-peers".into(),
+            self.peers(),
+            "--raft-dir".into(),
+            shared.join(format!("raft-{name}")).display().to_string(),
+        ]
+    }
+
+    fn witness(&self, dir: &Path) -> Lane {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["witness", "--id", "w", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.ports[2]))
+            .args(["--peers", &self.peers(), "--data-dir"])
+            .arg(dir.join("raft-w"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("READY raft="), "{line}");
+        Lane {
+            child,
+            http: String::new(),
+        }
+    }
+}
+
+fn lane(name: &str, shared: &Path, port: u16, extra: &[String]) -> Lane {
     // Until paging lands, a 1M x 1 KiB backlog must fit in memory: raise the per-destination budget.
     let cfg = shared.join(format!("{name}.toml"));
     std::fs::write(&cfg, "destination_memory_limit = 4294967296\n").unwrap();
@@ -56,6 +116,7 @@ fn lane(name: &str, shared: &Path, port: u16) -> Lane {
             "--stomp",
             "off",
         ])
+        .args(extra)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -121,12 +182,21 @@ async fn fill(url: &str, q: &Destination, n: usize) {
 }
 
 /// One failover: returns kill -> first delivery by the new active.
-async fn once(backlog: usize) -> Duration {
+async fn once(backlog: usize, raft: bool) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
-    let a = lane("a", dir.path(), ports[0]);
+    // Lane a starts first and initialises the raft group, so it becomes active (and raft leader):
+    // the kill then costs an election too, the worst case for the quorum lease.
+    let group = raft.then(Raft::new);
+    let args = |name: &str| {
+        group
+            .as_ref()
+            .map_or_else(Vec::new, |g| g.lane_args(name, dir.path()))
+    };
+    let witness = group.as_ref().map(|g| g.witness(dir.path()));
+    let a = lane("a", dir.path(), ports[0], &args("a"));
     wait_healthy(&a.http);
-    let b = lane("b", dir.path(), ports[1]);
+    let b = lane("b", dir.path(), ports[1], &args("b"));
     let q = Destination::queue("failover.bench").unwrap();
     let direct = format!("tcp://127.0.0.1:{}", ports[0]);
     if backlog > 0 {
@@ -168,6 +238,7 @@ async fn once(backlog: usize) -> Duration {
     assert_eq!(m.text_body(), Some("probe"));
     c.close().await.unwrap();
     drop(b);
+    drop(witness);
     took
 }
 
@@ -193,6 +264,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let args: Vec<String> = std::env::args().collect();
+    let raft = args.windows(2).any(|w| w[0] == "--lease" && w[1] == "raft");
+    let lease = if raft { "raft lease" } else { "file lease" };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,16 +276,16 @@ fn main() {
         if std::env::var("FAILOVER_SKIP_EMPTY").is_err() {
             let mut empty = Vec::new();
             for _ in 0..runs {
-                empty.push(once(0).await);
+                empty.push(once(0, raft).await);
             }
-            report("empty journal", empty);
+            report(&format!("{lease}, empty journal"), empty);
         }
         if backlog > 0 {
             let mut full = Vec::new();
             for _ in 0..runs.min(3) {
-                full.push(once(backlog).await);
+                full.push(once(backlog, raft).await);
             }
-            report(&format!("{backlog} x 1 KiB backlog"), full);
+            report(&format!("{lease}, {backlog} x 1 KiB backlog"), full);
         }
     });
 }

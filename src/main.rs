@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use tandem_broker::{Broker, BrokerConfig};
 
 mod user;
+mod witness;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +49,17 @@ enum Command {
     Down(up::DownArgs),
     #[command(name = "up-supervisor", hide = true)]
     UpSupervisor(up::SuperviseArgs),
+    /// The third member of two lanes' quorum lease (`run --lease raft`): serves only raft.
+    Witness(witness::WitnessArgs),
+}
+
+/// Where a lane's lease lives.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseKind {
+    /// Files on --shared-dir.
+    File,
+    /// A raft group of both lanes and a witness (--raft-listen, --raft-peers).
+    Raft,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +99,11 @@ struct RunArgs {
         default_value_t = 1000
     )]
     lease_ttl_ms: u64,
+    /// Where the lease lives: on --shared-dir, or in a quorum of both lanes and a witness.
+    #[arg(long, env = "TANDEM_LEASE", value_enum, default_value_t = LeaseKind::File)]
+    lease: LeaseKind,
+    #[command(flatten)]
+    raft: witness::RaftLaneArgs,
     /// Keep messages in memory only: nothing survives a restart.
     #[arg(long, env = "TANDEM_NO_PERSISTENCE")]
     no_persistence: bool,
@@ -141,8 +158,11 @@ fn load_config(args: &RunArgs) -> anyhow::Result<BrokerConfig> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    if args.lease == LeaseKind::Raft && args.lane.is_none() {
+        bail!("--lease raft is for failover lanes: add --lane ID and --shared-dir DIR");
+    }
     if let (Some(lane), Some(shared)) = (&args.lane, &args.shared_dir) {
-        return run_lane(lane, shared, args.lease_ttl_ms, config).await;
+        return run_lane(lane, shared, &args, config).await;
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -165,29 +185,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_lane(
     lane: &str,
     shared: &Path,
-    ttl_ms: u64,
+    args: &RunArgs,
     config: BrokerConfig,
 ) -> anyhow::Result<()> {
+    let ttl_ms = args.lease_ttl_ms;
     use tandem_cluster::{LaneId, LaneOptions, Timing};
     std::fs::create_dir_all(shared)
         .with_context(|| format!("creating shared dir {}", shared.display()))?;
     let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     let (native, stomp) = (show(config.listen), show(config.stomp));
+    let config_dir = config.data_dir.clone();
     let opts = LaneOptions {
         lane: LaneId::new(lane).map_err(|e| anyhow::anyhow!("--lane {lane:?}: {e}"))?,
         shared_dir: shared.to_path_buf(),
-        timing: Timing::from_ttl(std::time::Duration::from_millis(ttl_ms)),
+        timing: match args.lease {
+            LeaseKind::File => Timing::from_ttl(std::time::Duration::from_millis(ttl_ms)),
+            LeaseKind::Raft => {
+                tandem_cluster::RaftTiming::lease_timing(std::time::Duration::from_millis(ttl_ms))
+            }
+        },
         broker: config,
+    };
+    let member = match args.lease {
+        LeaseKind::File => None,
+        LeaseKind::Raft => Some(
+            args.raft
+                .start_member(&opts.lane, &config_dir, opts.timing.ttl)
+                .await?,
+        ),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let lane = lane.to_string();
-    let mut lane_task = tokio::spawn(tandem_cluster::run_lane(opts, stop.clone(), move |http| {
+    let ready = move |http| {
         // Listeners open only while active, on the configured addresses.
         println!(
             "READY native={native} http={} stomp={stomp} lane={lane}",
             show(http)
         );
-    }));
+    };
+    let mut lane_task = match &member {
+        Some(m) => tokio::spawn(tandem_cluster::run_lane_with_store(
+            opts,
+            std::sync::Arc::new(m.store()),
+            stop.clone(),
+            ready,
+        )),
+        None => tokio::spawn(tandem_cluster::run_lane(opts, stop.clone(), ready)),
+    };
     tokio::select! {
         r = wait_for_signal() => {
             r?;
@@ -197,6 +241,9 @@ async fn run_lane(
         }
         // The lane ends by itself only on an error (e.g. the HTTP port is taken).
         r = &mut lane_task => r.context("lane task")??,
+    }
+    if let Some(m) = member {
+        m.shutdown().await;
     }
     Ok(())
 }
@@ -243,7 +290,11 @@ fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
+                // openraft logs every failed RPC to a dead member at warn/error; the lease's own logs
+                // say what matters. RUST_LOG=openraft=warn brings them back.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(format!("{default_log},openraft=off"))
+                }),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: `tandem up` sends lane and supervisor logs to files.
@@ -257,6 +308,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Up(args) => rt.block_on(up::up(args)),
         Command::UpSupervisor(args) => rt.block_on(up::supervise_detached(args)),
         Command::Status(args) => rt.block_on(up::status(args)),
+        Command::Witness(args) => rt.block_on(witness::run(args)),
         Command::User(_) | Command::Provision(_) | Command::Down(_) => {
             unreachable!("handled before the runtime starts")
         }

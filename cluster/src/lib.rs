@@ -10,8 +10,8 @@
 //! - [`RoleMachine`] ([`machine`]): the pure state machine. Events and this lane's monotonic time in, [`Action`]s
 //!   out; no I/O, no sleeping, no clock reads, so tests drive time directly.
 //! - [`LeaseStore`] ([`store`]): where epochs are claimed and heartbeats written. [`FileLeaseStore`] on a shared
-//!   directory, [`MemoryLeaseStore`] for tests; one conformance suite checks both. A later quorum store fits the
-//!   same trait: an epoch is a fencing token.
+//!   directory, [`MemoryLeaseStore`] for tests, [`RaftLeaseStore`] on a three-member openraft group
+//!   ([`store::raft`]); one conformance suite checks all three. An epoch is a fencing token in each.
 //! - [`LeaseDriver`] ([`driver`]): runs the machine against a store on the real clock as a tokio task and
 //!   publishes the [`Role`] on a `watch` channel, plus a [`WriteGuard`] for the journal.
 //!
@@ -155,6 +155,9 @@ mod types;
 pub use config::{Config, ConfigError, Timing};
 pub use driver::{DriverHandle, LeaseDriver, NotHolding, RecoveryReporter, WriteGuard};
 pub use machine::{Action, ClaimOutcome, Event, FenceReason, RenewOutcome, Role, RoleMachine};
-pub use runtime::{LaneError, LaneOptions, run_lane};
-pub use store::{FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore};
+pub use runtime::{LaneError, LaneOptions, run_lane, run_lane_with_store};
+pub use store::{
+    FileLeaseStore, LeaseError, LeaseStore, MemoryLeaseStore, RaftLeaseStore, RaftMember,
+    RaftMemberOptions, RaftStoreError, RaftTiming,
+};
 pub use types::{Epoch, LaneId, LeaseView};

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    Config, ConfigError, FileLeaseStore, LaneId, LeaseDriver, LeaseError, Role, Timing, WriteGuard,
+    Config, ConfigError, FileLeaseStore, LaneId, LeaseDriver, LeaseError, LeaseStore, Role, Timing,
+    WriteGuard,
 };
 
 /// How to run one lane.
@@ -139,10 +140,18 @@ pub async fn run_lane(
         dir: opts.shared_dir.clone(),
         source,
     })?;
-    let driver = LeaseDriver::spawn(
-        Config::new(opts.lane.clone(), opts.timing)?,
-        Arc::new(store),
-    );
+    run_lane_with_store(opts, Arc::new(store), shutdown, ready).await
+}
+
+/// [`run_lane`] with the lease in `store` (the quorum lease, [`crate::RaftLeaseStore`]); the journal
+/// stays in `shared_dir`.
+pub async fn run_lane_with_store(
+    opts: LaneOptions,
+    store: Arc<dyn LeaseStore>,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(Option<std::net::SocketAddr>),
+) -> Result<(), LaneError> {
+    let driver = LeaseDriver::spawn(Config::new(opts.lane.clone(), opts.timing)?, store);
     let state = Arc::new(LaneState {
         lane: opts.lane.clone(),
         role: Mutex::new(Role::Dormant),

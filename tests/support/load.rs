@@ -152,3 +152,171 @@ pub async fn check(url: &str, q: &Destination, ledger: &Ledger, what: &str) -> u
     c.close().await.unwrap();
     seen.len()
 }
+
+/// Continuous persistent load on a failover URL that runs across any number of failovers: pipelined
+/// producers whose sends must never fail, and client-ack consumers that keep every delivery with
+/// its redelivered flag. `finish` stops it and checks the ledger.
+pub struct Continuous {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub confirmed: Arc<Mutex<Vec<Key>>>,
+    /// Key -> the redelivered flag of each delivery.
+    pub seen: Arc<Mutex<std::collections::HashMap<Key, Vec<bool>>>>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    n_producers: i64,
+}
+
+impl Continuous {
+    pub fn start(url: &str, q: &Destination, producers: i64, consumers: usize) -> Continuous {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let confirmed: Arc<Mutex<Vec<Key>>> = Arc::default();
+        let seen: Arc<Mutex<std::collections::HashMap<Key, Vec<bool>>>> = Arc::default();
+        let mut ptasks = Vec::new();
+        for p in 0..producers {
+            let (url, q, stop, confirmed) =
+                (url.to_string(), q.clone(), stop.clone(), confirmed.clone());
+            ptasks.push(tokio::spawn(async move {
+                let c = ConnectionFactory::new(&url)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let s = c.create_session(AckMode::Auto).await.unwrap();
+                let mut producer = s.create_producer(Some(&q)).await.unwrap();
+                let mut inflight = FuturesOrdered::new();
+                let mut n = 0i64;
+                while !stop.load(Ordering::SeqCst) || !inflight.is_empty() {
+                    if !stop.load(Ordering::SeqCst) && inflight.len() < 32 {
+                        n += 1;
+                        let m = Message::text("x")
+                            .with_property("p", p)
+                            .unwrap()
+                            .with_property("n", n)
+                            .unwrap();
+                        let receipt = producer
+                            .send_async(m)
+                            .await
+                            .expect("sends wait through failover");
+                        inflight.push_back(async move { (n, receipt.await) });
+                        continue;
+                    }
+                    let (k, r) = inflight.next().await.unwrap();
+                    r.unwrap_or_else(|e| panic!("send {p}/{k} failed across failover: {e}"));
+                    confirmed.lock().unwrap().push((p, k));
+                }
+                c.close().await.unwrap();
+            }));
+        }
+        let mut ctasks = Vec::new();
+        for _ in 0..consumers {
+            let (url, q, stop, seen) = (url.to_string(), q.clone(), stop.clone(), seen.clone());
+            ctasks.push(tokio::spawn(async move {
+                let c = ConnectionFactory::new(&url)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let s = c.create_session(AckMode::Client).await.unwrap();
+                let mut consumer = s.consumer(&q).prefetch(20).build().await.unwrap();
+                c.start();
+                let mut idle = 0;
+                loop {
+                    match consumer.receive(Duration::from_millis(500)).await {
+                        Ok(Some(m)) => {
+                            idle = 0;
+                            seen.lock()
+                                .unwrap()
+                                .entry(key(&m))
+                                .or_default()
+                                .push(m.redelivered);
+                            match m.ack().await {
+                                // The link died before the ack: the message comes back, flagged.
+                                Ok(()) | Err(tandem_client::Error::AckAfterFailover) => {}
+                                Err(e) if e.is_connection_error() => {}
+                                Err(e) => panic!("ack: {e}"),
+                            }
+                        }
+                        Ok(None) if stop.load(Ordering::SeqCst) => {
+                            idle += 1;
+                            if idle >= 6 {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) if e.is_connection_error() => {}
+                        Err(e) => panic!("receive: {e}"),
+                    }
+                }
+                c.close().await.unwrap();
+            }));
+        }
+        Continuous {
+            stop,
+            confirmed,
+            seen,
+            producers: ptasks,
+            consumers: ctasks,
+            n_producers: producers,
+        }
+    }
+
+    /// How many sends were confirmed so far.
+    pub fn confirmed_count(&self) -> usize {
+        self.confirmed.lock().unwrap().len()
+    }
+
+    /// Stop producing, let the consumers drain, and check: every confirmed message was consumed, no
+    /// producer has a gap, and any message seen twice was flagged redelivered after the first time.
+    /// Returns (confirmed, delivered more than once).
+    pub async fn finish(self, what: &str) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for p in self.producers {
+            tokio::time::timeout(Duration::from_secs(60), p)
+                .await
+                .expect("producers finish")
+                .unwrap();
+        }
+        for c in self.consumers {
+            tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .expect("consumers finish")
+                .unwrap();
+        }
+        let confirmed = self.confirmed.lock().unwrap().clone();
+        let seen = self.seen.lock().unwrap();
+        assert!(!confirmed.is_empty(), "{what}: nothing was confirmed");
+        let missing: Vec<_> = confirmed.iter().filter(|k| !seen.contains_key(k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{what}: {} confirmed but never consumed, e.g. {:?} ({} confirmed)",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            confirmed.len()
+        );
+        let unflagged: Vec<_> = seen
+            .iter()
+            .filter(|(_, flags)| flags.iter().skip(1).any(|r| !r))
+            .map(|(k, _)| k)
+            .take(5)
+            .collect();
+        assert!(
+            unflagged.is_empty(),
+            "{what}: delivered again without the redelivered flag: {unflagged:?}"
+        );
+        for p in 0..self.n_producers {
+            let max = confirmed
+                .iter()
+                .filter(|k| k.0 == p)
+                .map(|k| k.1)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                (1..=max).all(|n| seen.contains_key(&(p, n))),
+                "{what}: producer {p}: a gap below {max}"
+            );
+        }
+        let again = seen.values().filter(|f| f.len() > 1).count();
+        (confirmed.len(), again)
+    }
+}

@@ -79,6 +79,25 @@ impl BrokerProcess {
         BrokerProcess::spawn(args, shared)
     }
 
+    /// [`BrokerProcess::lane`] with `extra` arguments (e.g. `--lease raft ...`).
+    pub fn lane_with(lane: &str, shared: &Path, native_port: u16, extra: &[&str]) -> BrokerProcess {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--lane".into(),
+            lane.into(),
+            "--shared-dir".into(),
+            shared.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{native_port}").into(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--stomp".into(),
+            "off".into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        BrokerProcess::spawn(args, shared)
+    }
+
     fn spawn(args: Vec<std::ffi::OsString>, data_dir: &Path) -> BrokerProcess {
         let mut cmd = Command::new(tandem_bin());
         cmd.args(args)

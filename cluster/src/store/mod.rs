@@ -4,8 +4,8 @@
 //! any of them can block for minutes), `tokio::fs` would only wrap each in `spawn_blocking` again, and a sync
 //! trait is object safe and testable without a runtime. The driver calls every method inside
 //! `tokio::task::spawn_blocking` with at most one call in flight, and keeps its own timers running meanwhile, so a
-//! hung call delays nothing but itself: the active still fences on time. An async store (the later quorum store)
-//! can implement this trait by blocking on its runtime handle inside those blocking threads.
+//! hung call delays nothing but itself: the active still fences on time. An async store (the quorum store
+//! in `raft/`) implements this trait by blocking on its runtime handle inside those blocking threads.
 //!
 //! Contract every store must meet (checked by the conformance suite, `conformance.rs`):
 //! - `claim(n)` succeeds for exactly one caller, ever, and only if `n == 1` or epoch `n - 1` exists, so epochs are
@@ -17,6 +17,7 @@
 
 mod file;
 mod memory;
+pub mod raft;
 
 #[cfg(test)]
 mod conformance;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 
 pub use file::FileLeaseStore;
 pub use memory::{Faults, MemoryLeaseStore};
+pub use raft::{RaftLeaseStore, RaftMember, RaftMemberOptions, RaftStoreError, RaftTiming};
 
 use crate::{Epoch, LaneId, LeaseView};
 
@@ -78,6 +80,17 @@ pub enum LeaseError {
         path: PathBuf,
         /// What is wrong.
         detail: &'static str,
+    },
+    /// The quorum store could not complete the call in time: no leader, no majority, or the network failed. The
+    /// driver treats it like any failed call (a failed renewal leads to a fence at the deadline).
+    #[error("lease store: {op} not completed within {timeout_ms} ms: {reason}")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// The operation's time budget.
+        timeout_ms: u64,
+        /// The last attempt's failure.
+        reason: String,
     },
     /// A fault injected by a test store.
     #[error("lease store: injected fault in {op}")]

@@ -136,6 +136,7 @@
 //! - Known trade-offs to revisit: EFS automatic backups (`BackupPolicy`) and the tenant's own AWS Backup plan
 //!   (`backup_retention_days`) both run, so EFS is backed up twice; the single NAT gateway lives in zone 1.
 
+pub mod aws;
 pub mod carwash;
 pub mod local;
 pub mod plan;

@@ -90,6 +90,10 @@ enum ProvisionCommand {
         /// SSM parameter naming the lanes' AMI (LaneAmi; defaults to the latest Amazon Linux 2023 arm64).
         #[arg(long)]
         lane_ami: Option<String>,
+        /// Apply this template file (JSON or YAML, e.g. a reviewed `render` output) instead of rendering the
+        /// spec; the stack name, region and parameters still come from the spec.
+        #[arg(long)]
+        template_file: Option<PathBuf>,
         #[command(flatten)]
         aws: AwsArgs,
         #[command(flatten)]
@@ -160,17 +164,25 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<()> {
             certificate_arn,
             carwash_principal,
             lane_ami,
+            template_file,
             aws,
             wait,
         } => {
             let spec = load(&spec)?;
+            let template = match template_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
             let given = [
                 (P_IMAGE, broker_image),
                 (P_CERT, certificate_arn),
                 (P_CARWASH, carwash_principal),
                 (P_AMI, lane_ami),
             ];
-            runtime()?.block_on(apply(&spec, given, &aws, &wait))?
+            runtime()?.block_on(apply(&spec, given, template, &aws, &wait))?
         }
         ProvisionCommand::Status { spec, json, aws } => {
             let spec = load(&spec)?;
@@ -245,6 +257,7 @@ impl Drop for Bar {
 async fn apply(
     spec: &TenantSpec,
     given: [(&str, Option<String>); 4],
+    template: Option<String>,
     aws: &AwsArgs,
     wait: &WaitArgs,
 ) -> anyhow::Result<()> {
@@ -271,13 +284,19 @@ async fn apply(
         }
         parameters.push((id.to_owned(), ParamValue::Value(value)));
     }
+    // A JSON template file counts its own resources for the progress bar; YAML is sent as is and the
+    // spec's count stands in.
+    let total = template
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .and_then(|v| v.get("Resources")?.as_object().map(|r| r.len()))
+        .unwrap_or(plan.resources.len()) as u64;
     let req = StackRequest {
         name: plan.stack_name.clone(),
-        template: render::cloudformation_json(&plan),
+        template: template.unwrap_or_else(|| render::cloudformation_json(&plan)),
         parameters,
     };
     let sdk = Sdk::connect(&spec.region, aws.endpoint_url.as_deref()).await;
-    let total = plan.resources.len() as u64;
     let mut bar = Bar::new(total);
     let out = deploy::apply(&sdk, &req, &required, total, &mut bar, wait.options()).await;
     drop(bar);
@@ -316,6 +335,12 @@ async fn status(spec: &TenantSpec, json: bool, aws: &AwsArgs) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
+    }
+    if !report.errors.is_empty() {
+        bail!(
+            "status is incomplete: {} call(s) failed (listed in the report)",
+            report.errors.len()
+        );
     }
     Ok(())
 }

@@ -10,7 +10,8 @@
 //! `None` and [`UpdateStarted::NoChanges`].
 
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_cloudformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudformation::config::http::HttpResponse;
+use aws_sdk_cloudformation::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudformation::types::{Capability, Parameter};
 use aws_smithy_http_client::tls;
 
@@ -48,12 +49,24 @@ impl Sdk {
     }
 }
 
-fn aws_err<E, R>(operation: &'static str, resource: &str, err: &SdkError<E, R>) -> AwsError
+fn aws_err<E>(operation: &'static str, resource: &str, err: &SdkError<E, HttpResponse>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match err.as_service_error() {
+        // An answer with neither code nor message (an HTTP 500 with an HTML body, say): its HTTP status.
+        Some(service) if service.code().is_none() && service.message().is_none() => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            AwsError::new(
+                operation,
+                resource,
+                None,
+                format!(
+                    "HTTP {} with no AWS error code or message",
+                    status.map_or("?".to_owned(), |s| s.to_string())
+                ),
+            )
+        }
         Some(service) => AwsError::new(
             operation,
             resource,
@@ -61,13 +74,22 @@ where
             service.message().unwrap_or("(no message)"),
         ),
         // Not an answer from AWS: no connection, timeout, credentials missing…, with its causes.
-        None => AwsError::new(
-            operation,
-            resource,
-            None,
-            DisplayErrorContext(err).to_string(),
-        ),
+        None => AwsError::new(operation, resource, None, causes(err)),
     }
+}
+
+/// An error and its sources, one after the other (the SDK's own rendering adds a Debug dump).
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    // Bounded: error chains are short, but a cycle must not hang the CLI.
+    for _ in 0..16 {
+        let Some(e) = next else { break };
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        next = e.source();
+    }
+    text
 }
 
 fn is_code<E: ProvideErrorMetadata, R>(
@@ -78,6 +100,18 @@ fn is_code<E: ProvideErrorMetadata, R>(
     err.as_service_error().is_some_and(|e| {
         e.code() == Some(code) && e.message().is_some_and(|m| m.contains(message_part))
     })
+}
+
+/// A fresh ClientRequestToken. The SDK retries a call whose answer was lost (timeout, 5xx) with the same
+/// input, token included, so CloudFormation treats the retry as the same request instead of answering
+/// "already exists" or starting a second operation.
+fn request_token(operation: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("tandem-{operation}-{}-{nanos}-{seq}", std::process::id())
 }
 
 fn parameters(req: &StackRequest) -> Vec<Parameter> {
@@ -134,6 +168,7 @@ impl CloudFormationApi for Sdk {
             .cf
             .create_stack()
             .stack_name(&req.name)
+            .client_request_token(request_token("create"))
             .template_body(&req.template)
             .set_parameters(Some(parameters(req)))
             .capabilities(Capability::CapabilityIam)
@@ -149,6 +184,7 @@ impl CloudFormationApi for Sdk {
             .cf
             .update_stack()
             .stack_name(&req.name)
+            .client_request_token(request_token("update"))
             .template_body(&req.template)
             .set_parameters(Some(parameters(req)))
             .capabilities(Capability::CapabilityIam)
@@ -170,6 +206,7 @@ impl CloudFormationApi for Sdk {
         self.cf
             .delete_stack()
             .stack_name(stack)
+            .client_request_token(request_token("delete"))
             .send()
             .await
             .map_err(|e| aws_err("DeleteStack", stack, &e))?;

@@ -33,7 +33,7 @@ impl StatusReport {
     /// A few aligned lines for people (`--json` prints the struct instead).
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<22} {v}\n"));
+        let line = |out: &mut String, k: &str, v: &str| out.push_str(&format!("{k:<30} {v}\n"));
         line(
             &mut out,
             "stack",

@@ -455,15 +455,20 @@ pub(crate) mod fake {
 
     use super::super::*;
 
+    /// A scripted event: logical id, status, reason.
+    pub type Ev = (String, String, Option<String>);
+    /// One poll's worth of an operation: the stack status after it, and the events it emits.
+    pub type Step = (String, Vec<Ev>);
+
     #[derive(Debug, Default)]
     pub struct State {
         pub stack: Option<StackInfo>,
         /// Newest first, like the API.
         pub events: Vec<StackEvent>,
         /// Steps the current operation still has to go through: a status and the events it emits.
-        pub script: VecDeque<(String, Vec<(String, String, Option<String>)>)>,
+        pub script: VecDeque<Step>,
         /// What the next operation will do: (status after each poll, events) steps.
-        pub next_ops: VecDeque<Vec<(String, Vec<(String, String, Option<String>)>)>>,
+        pub next_ops: VecDeque<Vec<Step>>,
         pub calls: Vec<String>,
         pub no_changes: bool,
         pub seq: u64,
@@ -607,8 +612,6 @@ mod tests {
         poll: Duration::ZERO,
         timeout: Duration::from_secs(30),
     };
-
-    type Step = (String, Vec<(String, String, Option<String>)>);
 
     fn step(status: &str, evs: &[(&str, &str, Option<&str>)]) -> Step {
         (

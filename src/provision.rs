@@ -318,9 +318,17 @@ async fn destroy(spec: &TenantSpec, aws: &AwsArgs, wait: &WaitArgs) -> anyhow::R
     match out? {
         DestroyOutcome::Deleted { stack_id } => {
             println!("deleted {} ({stack_id})", plan.stack_name);
+            let retained: Vec<&str> = plan
+                .resources
+                .iter()
+                .filter(|r| r.retain)
+                .map(|r| r.logical_id.as_str())
+                .collect();
             println!(
-                "retained by the template: the EFS file system and its replica, the data-sink bucket, the backup \
-                 vault's recovery points; delete them by hand when the data may go"
+                "retained (DeletionPolicy Retain; delete them by hand when the data may go): {}, and the EFS \
+                 replica in {}",
+                retained.join(", "),
+                spec.contingency_region
             );
         }
         DestroyOutcome::Absent => println!("absent {} (nothing to delete)", plan.stack_name),

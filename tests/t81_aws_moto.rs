@@ -425,6 +425,17 @@ fn lifecycle(moto: &Moto, example: &str, model: &str, lanes: u8) {
     ]);
     assert_eq!(code, Some(0), "destroy failed:\n{out}\n{err}");
     assert!(out.contains(&format!("deleted {stack}")), "{out}");
+    // The data is retained by the template, and destroy says what stays.
+    let retained = out
+        .lines()
+        .find(|l| l.starts_with("retained"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(retained.contains("FileSystem"), "{retained}");
+    assert_eq!(
+        retained.contains("DataSinkBucket"),
+        parsed.data_sink,
+        "{retained}"
+    );
     let (code, s) = status_json(&spec, url);
     assert_eq!(code, Some(0), "{s}");
     assert!(s["stack"].is_null(), "the stack is gone after destroy: {s}");

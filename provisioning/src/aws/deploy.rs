@@ -148,6 +148,8 @@ fn resource_done(status: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct EventTail {
     seen: HashSet<String>,
+    /// The newest event seen: where the next poll may stop paging back.
+    newest: Option<String>,
     done: BTreeSet<String>,
     failed: Vec<FailedResource>,
 }
@@ -156,6 +158,14 @@ impl EventTail {
     /// Marks the events of a page as already shown.
     pub fn skip(&mut self, page: &[StackEvent]) {
         self.seen.extend(page.iter().map(|e| e.event_id.clone()));
+        if let Some(e) = page.first() {
+            self.newest = Some(e.event_id.clone());
+        }
+    }
+
+    /// The newest event seen so far (events come newest first).
+    pub fn newest(&self) -> Option<&str> {
+        self.newest.as_deref()
     }
 
     /// The events of `page` not seen before, oldest first, and records their effect.
@@ -166,6 +176,9 @@ impl EventTail {
             .filter(|e| !self.seen.contains(&e.event_id))
             .cloned()
             .collect();
+        if let Some(e) = new.last() {
+            self.newest = Some(e.event_id.clone());
+        }
         for e in &new {
             self.seen.insert(e.event_id.clone());
             // The stack's own events carry its name as logical id; they are not resources of the template.
@@ -219,7 +232,7 @@ async fn wait_settled<C: CloudFormationApi, P: Progress>(
 ) -> Result<(String, Option<String>), DeployError> {
     let start = tokio::time::Instant::now();
     loop {
-        let page = cf.stack_events(stack_id).await?;
+        let page = cf.stack_events(stack_id, tail.newest()).await?;
         for e in tail.take_new(&page, stack_name) {
             progress.event(&e);
         }
@@ -230,7 +243,7 @@ async fn wait_settled<C: CloudFormationApi, P: Progress>(
         };
         if !in_progress(&status) {
             // The events that led to the final status may land after the previous page: read once more.
-            let page = cf.stack_events(stack_id).await?;
+            let page = cf.stack_events(stack_id, tail.newest()).await?;
             for e in tail.take_new(&page, stack_name) {
                 progress.event(&e);
             }
@@ -251,7 +264,8 @@ async fn wait_settled<C: CloudFormationApi, P: Progress>(
 /// A tail that skips the stack's existing history.
 async fn fresh_tail<C: CloudFormationApi>(cf: &C, stack: &str) -> Result<EventTail, DeployError> {
     let mut tail = EventTail::default();
-    tail.skip(&cf.stack_events(stack).await?);
+    // History is skipped, not shown: its newest page is enough to know where "new" begins.
+    tail.skip(&cf.stack_events(stack, None).await?);
     Ok(tail)
 }
 
@@ -577,7 +591,11 @@ pub(crate) mod fake {
             s.start("DELETE_IN_PROGRESS");
             Ok(())
         }
-        async fn stack_events(&self, _stack: &str) -> Result<Vec<StackEvent>, AwsError> {
+        async fn stack_events(
+            &self,
+            _stack: &str,
+            _until: Option<&str>,
+        ) -> Result<Vec<StackEvent>, AwsError> {
             Ok(self.0.lock().unwrap().events.clone())
         }
     }
@@ -1000,6 +1018,7 @@ mod tests {
         };
         let mut tail = EventTail::default();
         tail.skip(&[ev("1", "Vpc", "CREATE_COMPLETE")]);
+        assert_eq!(tail.newest(), Some("1"));
         let page = [
             ev("3", "Igw", "CREATE_COMPLETE"),
             ev("2", "Vpc", "UPDATE_COMPLETE"),
@@ -1012,5 +1031,7 @@ mod tests {
         );
         assert!(tail.take_new(&page, NAME).is_empty());
         assert_eq!(tail.done(), 2);
+        // The next poll pages back no further than the newest event shown.
+        assert_eq!(tail.newest(), Some("3"));
     }
 }

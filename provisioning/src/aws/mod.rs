@@ -129,10 +129,13 @@ pub trait CloudFormationApi {
         req: &StackRequest,
     ) -> impl Future<Output = Result<UpdateStarted, AwsError>> + Send;
     fn delete_stack(&self, stack: &str) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// The most recent events, newest first (one page, as DescribeStackEvents returns them).
+    /// The most recent events, newest first, as DescribeStackEvents returns them: with `until`, page back
+    /// until the page holding that event (the newest one already shown), within a bound; without, the
+    /// newest page only.
     fn stack_events(
         &self,
         stack: &str,
+        until: Option<&str>,
     ) -> impl Future<Output = Result<Vec<StackEvent>, AwsError>> + Send;
 }
 

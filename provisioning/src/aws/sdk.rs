@@ -213,34 +213,54 @@ impl CloudFormationApi for Sdk {
         Ok(())
     }
 
-    async fn stack_events(&self, stack: &str) -> Result<Vec<StackEvent>, AwsError> {
-        let out = match self
-            .cf
-            .describe_stack_events()
-            .stack_name(stack)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            // A stack that never existed has no events; apply asks before its first create.
-            Err(e) if is_code(&e, "ValidationError", "does not exist") => return Ok(vec![]),
-            Err(e) => return Err(aws_err("DescribeStackEvents", stack, &e)),
-        };
-        Ok(out
-            .stack_events()
-            .iter()
-            .map(|e| StackEvent {
-                event_id: e.event_id().unwrap_or_default().to_owned(),
-                timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
-                logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
-                resource_type: e.resource_type().unwrap_or_default().to_owned(),
-                status: e
-                    .resource_status()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_default(),
-                reason: e.resource_status_reason().map(str::to_owned),
-            })
-            .collect())
+    async fn stack_events(
+        &self,
+        stack: &str,
+        until: Option<&str>,
+    ) -> Result<Vec<StackEvent>, AwsError> {
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_EVENT_PAGES {
+            let out = match self
+                .cf
+                .describe_stack_events()
+                .stack_name(stack)
+                .set_next_token(token.take())
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                // A stack that never existed has no events; apply asks before its first create.
+                Err(e) if is_code(&e, "ValidationError", "does not exist") => return Ok(vec![]),
+                Err(e) => return Err(aws_err("DescribeStackEvents", stack, &e)),
+            };
+            let page: Vec<StackEvent> = out.stack_events().iter().map(event).collect();
+            let reached = until.is_none_or(|id| page.iter().any(|e| e.event_id == id));
+            events.extend(page);
+            token = out.next_token().map(str::to_owned);
+            if reached || token.is_none() {
+                break;
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// Pages of DescribeStackEvents (100 events each) read per poll at most: far more than a stack produces
+/// between two polls, and a bound on a stack with a long history.
+const MAX_EVENT_PAGES: usize = 10;
+
+fn event(e: &aws_sdk_cloudformation::types::StackEvent) -> StackEvent {
+    StackEvent {
+        event_id: e.event_id().unwrap_or_default().to_owned(),
+        timestamp: e.timestamp().map(|t| t.to_string()).unwrap_or_default(),
+        logical_id: e.logical_resource_id().unwrap_or_default().to_owned(),
+        resource_type: e.resource_type().unwrap_or_default().to_owned(),
+        status: e
+            .resource_status()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        reason: e.resource_status_reason().map(str::to_owned),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The real [`CloudFormationApi`] and [`EfsApi`]: aws-sdk-cloudformation and aws-sdk-efs.
 //!
-//! Configuration comes from the default chain (credentials from the environment, profile, SSO-less
-//! profiles, web identity, container or instance metadata); the region is the spec's; `endpoint_url` (or
+//! Configuration comes from the default chain (credentials from the environment, profile incl. SSO and
+//! credential_process, web identity, container or instance metadata); the region is the spec's; `endpoint_url` (or
 //! `AWS_ENDPOINT_URL`, which aws-config reads itself) points every client at another server, such as a local
 //! moto in tests. HTTPS goes through rustls with the ring provider, so nothing needs cmake or a C toolchain.
 //!

@@ -39,7 +39,8 @@ enum Command {
     User(user::UserArgs),
     /// Load generator: rates, latency histograms and exact-once accounting (docs/BENCHMARKS.md).
     Perf(perf::PerfArgs),
-    /// Tenant spec to resource plan, CloudFormation template or one-machine layout.
+    /// Tenant spec to resource plan, CloudFormation template, one-machine layout, or its AWS stack
+    /// (apply, status, destroy, promote-region: docs/PROVISIONING.md).
     Provision(provision::ProvisionArgs),
     /// Run a tenant spec on this machine: lanes, a proxy that follows /health, a monitor (docs/LOCAL.md).
     Up(up::UpArgs),

@@ -8,10 +8,12 @@
 //!                              ▼                  └──────▶ carwash::plan(&carwash, &[specs]) ─▶ Plan
 //!                     Plan (typed resource graph: ids, deps, tags)
 //!                              │
-//!          render::cloudformation(&plan) ─▶ YAML      plan.summary() ─▶ table      (later: apply via AWS SDK)
+//!          render::cloudformation(&plan) ─▶ YAML      plan.summary() ─▶ table      aws::deploy::apply ─▶ stack
 //! ```
 //!
-//! This crate is pure: no I/O, no clock, no AWS SDK. The same spec always renders byte-identical YAML.
+//! Everything but [`aws`] is pure: no I/O, no clock. The same spec always renders byte-identical YAML.
+//! [`aws`] applies a plan through the AWS SDK (apply, destroy, status, promote-region) behind a trait seam;
+//! see docs/PROVISIONING.md.
 //!
 //! # Using it (what `tandem provision plan|render` does)
 //!
@@ -115,7 +117,7 @@
 //! without a dependency. `serde_norway` (pinned, dev-dependency only) parses every rendered template back in the
 //! tests, as a YAML 1.1 reader like CloudFormation's, and the result must equal the JSON template.
 //!
-//! # What the apply phase (next step, AWS SDK, this crate only) will need
+//! # What the apply phase needs (see [`aws`]; not all of it is done yet, docs/PROVISIONING.md says what is)
 //!
 //! - Stacks: `CreateStack`/`UpdateStack` via change sets with `CAPABILITY_IAM`, parameters `BrokerImage`,
 //!   `TlsCertificateArn` (an ACM certificate for `name.zone`, DNS-validated in the zone), `LaneAmi` (default);
@@ -136,6 +138,7 @@
 //! - Known trade-offs to revisit: EFS automatic backups (`BackupPolicy`) and the tenant's own AWS Backup plan
 //!   (`backup_retention_days`) both run, so EFS is backed up twice; the single NAT gateway lives in zone 1.
 
+pub mod aws;
 pub mod carwash;
 pub mod local;
 pub mod plan;

@@ -1553,30 +1553,7 @@ impl Connection {
         let Some(session) = self.sessions.get(&a.session_id) else {
             return Err(unknown_session(a.session_id));
         };
-        let taken: Vec<Unacked> = {
-            let mut u = session.unacked.lock();
-            match AckKind::try_from(a.kind) {
-                Ok(AckKind::Individual) => u.remove(&a.delivery_id).into_iter().collect(),
-                Ok(AckKind::Cumulative) => {
-                    let ids: Vec<u64> = u
-                        .range(..=a.delivery_id)
-                        .filter(|(_, d)| d.consumer_id == a.consumer_id)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    ids.into_iter().filter_map(|id| u.remove(&id)).collect()
-                }
-                Err(_) => return Err(illegal(format!("unknown ack kind {}", a.kind))),
-            }
-        };
-        if taken.is_empty() {
-            return Err(Refusal::new(
-                ErrorCode::UnknownDelivery,
-                format!(
-                    "delivery {} is not unacknowledged in session {}",
-                    a.delivery_id, a.session_id
-                ),
-            ));
-        }
+        let taken = take_acked(session, a)?;
         let now = now_ms();
         let journal = self.inner.store.persistent();
         let mut records = Vec::new();

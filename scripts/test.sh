@@ -5,8 +5,8 @@
 #
 #   ./scripts/test.sh
 #
-# Steps: formatting, clippy (warnings are errors), the Python venv, the workspace tests (cargo-nextest when it is
-# installed, cargo test otherwise), doctests, and the fuzz crate's corpus replay on stable.
+# Steps: formatting, clippy (warnings are errors), the Python venv, cargo-nextest (installed from crates.io when
+# missing), the workspace tests, doctests, and the fuzz crate's corpus replay on stable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,15 +47,19 @@ else
   echo "(.venv matches tests/requirements.txt)"
 fi
 
-step "tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-  step "doctests"
-  cargo test --workspace --locked --doc
-else
-  echo "(cargo-nextest not installed: using cargo test)"
-  cargo test --workspace --locked --no-fail-fast
+# The system tests that start, kill and time broker processes run one at a time through
+# cargo-nextest's test groups (.config/nextest.toml); install it from crates.io when missing, pinned.
+NEXTEST_VERSION=0.9.143
+NEXTEST_FOUND="$(cargo nextest --version 2>/dev/null | head -n 1 || true)"
+if [ "${NEXTEST_FOUND%% (*}" != "cargo-nextest $NEXTEST_VERSION" ]; then
+  step "installing cargo-nextest $NEXTEST_VERSION (crates.io)"
+  cargo install --locked cargo-nextest --version "$NEXTEST_VERSION"
 fi
+
+step "tests"
+cargo nextest run --workspace --locked --no-fail-fast
+step "doctests"
+cargo test --workspace --locked --doc
 
 step "fuzz properties on a replayed corpus (stable; the fuzzer itself needs nightly: fuzz/README.md)"
 cargo test --manifest-path fuzz/Cargo.toml

@@ -3,8 +3,8 @@
 //!
 //! moto (`moto[server]`) and cfn-lint come from `.venv`, which `scripts/test.sh` creates from
 //! `tests/requirements.txt`. moto listens on 127.0.0.1 on a free port and every call goes there through
-//! `--endpoint-url`; the credentials are dummies. If `.venv/bin/moto_server` is absent the moto tests say so
-//! and skip (scripts/test.sh always installs it); cfn-lint is required.
+//! `--endpoint-url`; the credentials are dummies. Without `.venv` (moto_server, cfn-lint) these tests fail, they
+//! do not skip.
 //!
 //! What moto does not do (see docs/PROVISIONING.md, "Testing against moto"): it deploys most resource
 //! types as plain records without their real behaviour, and it has no EFS replication; these tests check
@@ -41,16 +41,15 @@ struct Moto {
 }
 
 impl Moto {
-    /// `None` (after saying why) when moto is not installed.
-    fn start() -> Option<Moto> {
+    /// Starts moto; fails (never skips) when it is not installed: a missing venv must not pass for a
+    /// green run.
+    fn start() -> Moto {
         let bin = venv_bin("moto_server");
-        if !bin.exists() {
-            eprintln!(
-                "SKIPPED: {} is absent; run scripts/test.sh (it installs tests/requirements.txt into .venv)",
-                bin.display()
-            );
-            return None;
-        }
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test.sh, which creates .venv and installs tests/requirements.txt",
+            bin.display()
+        );
         // The port was free a moment ago; another process taking it in between shows as moto exiting.
         let port = free_port();
         let mut child = Command::new(&bin)
@@ -75,10 +74,10 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(Moto {
+        Moto {
             child,
             url: format!("http://{addr}"),
-        })
+        }
     }
 }
 
@@ -450,13 +449,13 @@ fn lifecycle(moto: &Moto, example: &str, model: &str, lanes: u8) {
 
 #[test]
 fn single_lane_apply_status_destroy_against_moto() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     lifecycle(&moto, "tenant-single.toml", "single", 1);
 }
 
 #[test]
 fn double_lane_apply_status_destroy_against_moto() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     lifecycle(&moto, "tenant-double.toml", "double", 2);
 }
 
@@ -464,7 +463,7 @@ fn double_lane_apply_status_destroy_against_moto() {
 fn the_full_template_is_refused_by_moto_and_the_error_names_call_and_stack() {
     // The product's template as rendered, which moto cannot create (see MOTO_CANNOT). What this shows is
     // tandem's side of a refused CreateStack: the service's code and message, with the call and the stack.
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let (spec, parsed) = spec_file(dir.path(), "tenant-double.toml", "full");
     let (code, out, err) = tandem(&[
@@ -505,7 +504,7 @@ fn an_unreachable_endpoint_is_an_error_naming_the_call_and_stack() {
 
 #[test]
 fn promote_region_without_a_stack_names_what_is_missing() {
-    let Some(moto) = Moto::start() else { return };
+    let moto = Moto::start();
     let spec = root().join("docs/examples/tenant-single.toml");
     let (code, _, err) = tandem(&[
         "provision",

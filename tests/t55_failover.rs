@@ -219,101 +219,13 @@ async fn killing_the_dormant_leaves_the_active_alone_and_killing_both_loses_noth
 /// consumer; a message seen twice is flagged redelivered the second time; no send fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuous_load_on_a_failover_url_survives_ten_kills() {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use futures::stream::{FuturesOrdered, StreamExt};
-    use tandem_client::{AckMode, ConnectionFactory, Error, Message};
-
     let mut lanes = Lanes::start();
     let url = format!(
         "failover:(tcp://127.0.0.1:{},tcp://127.0.0.1:{})?maxReconnectDelay=200&maxReconnectTime=30000&randomize=false",
         lanes.ports[0], lanes.ports[1]
     );
     let q = Destination::queue("continuous").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let confirmed: Arc<Mutex<Vec<load::Key>>> = Arc::default();
-    // (key) -> deliveries seen, each with its redelivered flag.
-    let seen: Arc<Mutex<HashMap<load::Key, Vec<bool>>>> = Arc::default();
-    let mut producers = Vec::new();
-    for p in 0..2i64 {
-        let (url, q, stop, confirmed) = (url.clone(), q.clone(), stop.clone(), confirmed.clone());
-        producers.push(tokio::spawn(async move {
-            let c = ConnectionFactory::new(&url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let s = c.create_session(AckMode::Auto).await.unwrap();
-            let mut producer = s.create_producer(Some(&q)).await.unwrap();
-            let mut inflight = FuturesOrdered::new();
-            let mut n = 0i64;
-            while !stop.load(Ordering::SeqCst) || !inflight.is_empty() {
-                if !stop.load(Ordering::SeqCst) && inflight.len() < 32 {
-                    n += 1;
-                    let m = Message::text("x")
-                        .with_property("p", p)
-                        .unwrap()
-                        .with_property("n", n)
-                        .unwrap();
-                    let receipt = producer
-                        .send_async(m)
-                        .await
-                        .expect("sends wait through failover");
-                    inflight.push_back(async move { (n, receipt.await) });
-                    continue;
-                }
-                let (k, r) = inflight.next().await.unwrap();
-                r.unwrap_or_else(|e| panic!("send {p}/{k} failed across failover: {e}"));
-                confirmed.lock().unwrap().push((p, k));
-            }
-            c.close().await.unwrap();
-        }));
-    }
-    let mut consumers = Vec::new();
-    for _ in 0..2 {
-        let (url, q, stop, seen) = (url.clone(), q.clone(), stop.clone(), seen.clone());
-        consumers.push(tokio::spawn(async move {
-            let c = ConnectionFactory::new(&url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let s = c.create_session(AckMode::Client).await.unwrap();
-            let mut consumer = s.consumer(&q).prefetch(20).build().await.unwrap();
-            c.start();
-            let mut idle = 0;
-            loop {
-                match consumer.receive(Duration::from_millis(500)).await {
-                    Ok(Some(m)) => {
-                        idle = 0;
-                        seen.lock()
-                            .unwrap()
-                            .entry(load::key(&m))
-                            .or_default()
-                            .push(m.redelivered);
-                        match m.ack().await {
-                            // The link died before the ack: the message comes back, flagged.
-                            Ok(()) | Err(Error::AckAfterFailover) => {}
-                            Err(e) if e.is_connection_error() => {}
-                            Err(e) => panic!("ack: {e}"),
-                        }
-                    }
-                    Ok(None) if stop.load(Ordering::SeqCst) => {
-                        idle += 1;
-                        if idle >= 6 {
-                            break;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) if e.is_connection_error() => {}
-                    Err(e) => panic!("receive: {e}"),
-                }
-            }
-            c.close().await.unwrap();
-        }));
-    }
+    let load = load::Continuous::start(&url, &q, 2, 2);
     // 10 kills in the default run; `FAILOVER_KILLS=200 cargo test --test t55_failover continuous`
     // for the long run (docs/FAILOVER.md).
     let kills: usize = std::env::var("FAILOVER_KILLS")
@@ -333,57 +245,8 @@ async fn continuous_load_on_a_failover_url_survives_ten_kills() {
         lanes.restart(active);
         active = other;
     }
-    stop.store(true, Ordering::SeqCst);
-    for p in producers {
-        tokio::time::timeout(Duration::from_secs(60), p)
-            .await
-            .expect("producers finish")
-            .unwrap();
-    }
-    for c in consumers {
-        tokio::time::timeout(Duration::from_secs(60), c)
-            .await
-            .expect("consumers finish")
-            .unwrap();
-    }
-    let confirmed = confirmed.lock().unwrap().clone();
-    let seen = seen.lock().unwrap();
-    let missing: Vec<_> = confirmed
-        .iter()
-        .filter(|k| !seen.contains_key(k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "confirmed but never consumed: {missing:?} ({} confirmed)",
-        confirmed.len()
-    );
-    let unflagged: Vec<_> = seen
-        .iter()
-        .filter(|(_, flags)| flags.iter().skip(1).any(|r| !r))
-        .map(|(k, _)| k)
-        .take(5)
-        .collect();
-    assert!(
-        unflagged.is_empty(),
-        "delivered again without the redelivered flag: {unflagged:?}"
-    );
-    for p in 0..2i64 {
-        let max = confirmed
-            .iter()
-            .filter(|k| k.0 == p)
-            .map(|k| k.1)
-            .max()
-            .unwrap();
-        assert!(
-            (1..=max).all(|n| seen.contains_key(&(p, n))),
-            "producer {p}: a gap below {max}"
-        );
-    }
-    let again = seen.values().filter(|f| f.len() > 1).count();
+    let (confirmed, again) = load.finish(&format!("{kills} kills")).await;
     eprintln!(
-        "{} confirmed over 10 kills; {} delivered more than once, all flagged",
-        confirmed.len(),
-        again
+        "{confirmed} confirmed over {kills} kills; {again} delivered more than once, all flagged"
     );
 }

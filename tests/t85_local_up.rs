@@ -5,17 +5,13 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use serde_json::Value;
 use support::load::{self, Ledger};
 use support::*;
-use tandem_client::{AckMode, ConnectionFactory, Destination, Error, Message};
+use tandem_client::Destination;
 
 /// A port `p` such that `p`, `p + 10` and `p + 20` are free (the proxy and the two lanes'
 /// derived ports, see provisioning's local layout), below the kernel's ephemeral range: a lane
@@ -198,84 +194,8 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
     let proxy = format!("tcp://127.0.0.1:{}", ports[0]);
     // A client that reconnects to the same (proxy) address, sending and receiving across the kill.
     let failover = format!("failover:({proxy})?maxReconnectDelay=200&maxReconnectTime=30000");
-    let stop = Arc::new(AtomicBool::new(false));
-    let confirmed: Arc<Mutex<Vec<i64>>> = Arc::default();
-    let seen: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let cq = Destination::queue("up.continuous").unwrap();
-    let producer = {
-        let (url, q, stop, confirmed) = (
-            failover.clone(),
-            cq.clone(),
-            stop.clone(),
-            confirmed.clone(),
-        );
-        tokio::spawn(async move {
-            let c = ConnectionFactory::new(&url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let s = c.create_session(AckMode::Auto).await.unwrap();
-            let mut producer = s.create_producer(Some(&q)).await.unwrap();
-            let mut inflight = FuturesOrdered::new();
-            let mut n = 0i64;
-            while !stop.load(Ordering::SeqCst) || !inflight.is_empty() {
-                if !stop.load(Ordering::SeqCst) && inflight.len() < 16 {
-                    n += 1;
-                    let m = Message::text("x").with_property("n", n).unwrap();
-                    let receipt = producer
-                        .send_async(m)
-                        .await
-                        .expect("sends wait through the failover");
-                    inflight.push_back(async move { (n, receipt.await) });
-                    continue;
-                }
-                let (k, r) = inflight.next().await.unwrap();
-                r.unwrap_or_else(|e| panic!("send {k} failed across the failover: {e}"));
-                confirmed.lock().unwrap().push(k);
-            }
-            c.close().await.unwrap();
-        })
-    };
-    let consumer = {
-        let (url, q, stop, seen) = (failover.clone(), cq.clone(), stop.clone(), seen.clone());
-        tokio::spawn(async move {
-            let c = ConnectionFactory::new(&url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let s = c.create_session(AckMode::Client).await.unwrap();
-            let mut consumer = s.consumer(&q).prefetch(20).build().await.unwrap();
-            c.start();
-            let mut idle = 0;
-            loop {
-                match consumer.receive(Duration::from_millis(500)).await {
-                    Ok(Some(m)) => {
-                        idle = 0;
-                        seen.lock()
-                            .unwrap()
-                            .insert(m.property("n").unwrap().to_long().unwrap());
-                        match m.ack().await {
-                            Ok(()) | Err(Error::AckAfterFailover) => {}
-                            Err(e) if e.is_connection_error() => {}
-                            Err(e) => panic!("ack: {e}"),
-                        }
-                    }
-                    Ok(None) if stop.load(Ordering::SeqCst) => {
-                        idle += 1;
-                        if idle >= 6 {
-                            break;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) if e.is_connection_error() => {}
-                    Err(e) => panic!("receive: {e}"),
-                }
-            }
-            c.close().await.unwrap();
-        })
-    };
+    let fload = load::Continuous::start(&failover, &cq, 1, 1);
     // Plain `tcp://` clients with exact accounting: they end when the proxy closes them.
     let lq = Destination::queue("up.ledger").unwrap();
     let ledger = Ledger::default();
@@ -288,7 +208,7 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let (c2, l2) = (confirmed.clone(), ledger.clone());
+    let (c2, l2) = (fload.confirmed.clone(), ledger.clone());
     tokio::task::spawn_blocking(move || {
         wait_for("traffic flows through the proxy", &|| {
             c2.lock().unwrap().len() >= 100 && l2.confirmed.lock().unwrap().len() >= 500
@@ -308,15 +228,15 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
         "status shows the active lane's queue depths: {st:#}"
     );
 
-    let confirmed_at_kill = confirmed.lock().unwrap().len();
+    let confirmed_at_kill = fload.confirmed_count();
     let killed_at = Instant::now();
     signal(killed_pid as u32, "KILL");
     // When the failover client gets a send confirmed by the new active through the proxy: past
-    // the 16 that may have been in flight (and confirmed by the old lane) at the kill.
+    // the 32 that may have been in flight (and confirmed by the old lane) at the kill.
     let resumed = {
-        let c = confirmed.clone();
+        let c = fload.confirmed.clone();
         tokio::task::spawn_blocking(move || {
-            while c.lock().unwrap().len() <= confirmed_at_kill + 16 {
+            while c.lock().unwrap().len() <= confirmed_at_kill + 32 {
                 assert!(
                     killed_at.elapsed() < GUARD,
                     "no send confirmed after the kill"
@@ -344,7 +264,7 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
     .unwrap();
     let rerouted = killed_at.elapsed();
     // The same proxy address, the same failover connection: sending resumes.
-    let c2 = confirmed.clone();
+    let c2 = fload.confirmed.clone();
     tokio::task::spawn_blocking(move || {
         wait_for("the failover client sends again after the kill", &|| {
             c2.lock().unwrap().len() >= confirmed_at_kill + 100
@@ -382,34 +302,15 @@ async fn up_kill_the_active_traffic_resumes_through_the_proxy_and_down_leaves_no
         "the surviving lane was not restarted"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(60), producer)
-        .await
-        .expect("producer finishes")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), consumer)
-        .await
-        .expect("consumer finishes")
-        .unwrap();
+    let (confirmed, _) = fload
+        .finish("the failover client through the proxy, across kill -9 of the active lane")
+        .await;
     let resumed = resumed.await.unwrap();
-    let confirmed = confirmed.lock().unwrap().clone();
-    let seen = seen.lock().unwrap();
-    let lost: Vec<_> = confirmed
-        .iter()
-        .filter(|n| !seen.contains(n))
-        .take(5)
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "confirmed through the proxy but never consumed: {lost:?} of {}",
-        confirmed.len()
-    );
     eprintln!(
         "failover client: {} confirmed ({} before the kill), all consumed; kill -9 to sends \
          confirmed again through the proxy: {resumed:?}; to `status` showing the new route: \
          {rerouted:?} (status is polled every 100 ms)",
-        confirmed.len(),
-        confirmed_at_kill
+        confirmed, confirmed_at_kill
     );
 
     // Each lane's output went to its own log file.

@@ -1219,9 +1219,9 @@ impl Connection {
         b.credit = b.credit.saturating_add(credit);
         while !b.done && b.credit > 0 {
             let want = (b.credit as usize).min(BROWSE_BATCH);
-            let (batch, end) = b.queue.browse(b.after, want, b.selector.as_ref());
-            for (pos, entry) in batch {
-                b.after = Some(pos);
+            let found = b.queue.browse(b.after, want, b.selector.as_ref());
+            b.after = found.scanned_to;
+            for (_, entry) in found.shown {
                 b.credit -= 1;
                 b.shown += 1;
                 let _ = self.out.send(Frame::Deliver(wire::Deliver {
@@ -1232,7 +1232,7 @@ impl Connection {
                     message: entry.msg.encoded.clone(),
                 }));
             }
-            if end {
+            if found.end {
                 b.done = true;
                 let _ = self
                     .out

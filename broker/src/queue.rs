@@ -145,7 +145,21 @@ pub struct Entry {
     pub redelivered: bool,
 }
 
-/// Where a queue browser stands: the last message it was shown.
+/// Most messages one [`Queue::browse`] call examines.
+pub const BROWSE_SCAN_LIMIT: usize = 1024;
+
+/// What one [`Queue::browse`] call found.
+#[derive(Debug)]
+pub struct Browsed {
+    /// The selected messages, in delivery order.
+    pub shown: Vec<(BrowsePos, Entry)>,
+    /// The last message examined (shown or not): where the next call continues.
+    pub scanned_to: Option<BrowsePos>,
+    /// The queue has nothing after `scanned_to`.
+    pub end: bool,
+}
+
+/// Where a queue browser stands: the last message it examined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrowsePos {
     /// Its priority level.
@@ -739,17 +753,23 @@ impl Queue {
     }
 
     /// Up to `limit` ready messages after `after` in delivery order (priority high to low, FIFO
-    /// within one), those `selector` selects; for a queue browser, which consumes nothing. The
-    /// second value is true when the queue has nothing further. Messages being delivered, or
-    /// scheduled for later, are not shown.
+    /// within one), those `selector` selects; for a queue browser, which consumes nothing. One call
+    /// examines at most [`BROWSE_SCAN_LIMIT`] messages, so the queue's lock (and the reads of paged
+    /// bodies under it) is held for a bounded time; the caller continues from
+    /// [`Browsed::scanned_to`]. Messages being delivered, or scheduled for later, are not shown.
     pub fn browse(
         &self,
         after: Option<BrowsePos>,
         limit: usize,
         selector: Option<&tandem_protocol::selector::Selector>,
-    ) -> (Vec<(BrowsePos, Entry)>, bool) {
+    ) -> Browsed {
         let st = self.state.lock();
-        let mut out = Vec::new();
+        let mut out = Browsed {
+            shown: Vec::new(),
+            scanned_to: after,
+            end: false,
+        };
+        let mut scanned = 0usize;
         for prio in (0..10u8).rev() {
             let range = match after {
                 Some(a) if prio > a.priority => continue,
@@ -757,6 +777,15 @@ impl Queue {
                 _ => st.ready[prio as usize].range(0..),
             };
             for (&seq, slot) in range {
+                if out.shown.len() == limit || scanned == BROWSE_SCAN_LIMIT {
+                    return out;
+                }
+                scanned += 1;
+                let pos = BrowsePos {
+                    priority: prio,
+                    seq,
+                };
+                out.scanned_to = Some(pos);
                 let paged_in;
                 let e = match slot {
                     Slot::Resident(e) => e,
@@ -778,27 +807,13 @@ impl Queue {
                         delivery_count: e.delivery_count + 1,
                     })
                 });
-                if !selected {
-                    continue;
+                if selected {
+                    out.shown.push((pos, e.clone()));
                 }
-                if out.len() == limit {
-                    return (out, false);
-                }
-                let entry = Entry {
-                    msg: e.msg.clone(),
-                    delivery_count: e.delivery_count,
-                    redelivered: e.redelivered,
-                };
-                out.push((
-                    BrowsePos {
-                        priority: prio,
-                        seq,
-                    },
-                    entry,
-                ));
             }
         }
-        (out, true)
+        out.end = true;
+        out
     }
 
     /// Drops every message and refuses returns from now on (a non-durable subscription going away).

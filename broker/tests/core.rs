@@ -943,3 +943,48 @@ async fn pull_credit_reaches_the_consumer_that_asked_not_a_namesake() {
     );
     b.shutdown().await;
 }
+
+/// A browser's selector may skip far more messages than one scan examines (the queue's lock is held
+/// for bounded scans): it still finds what lies beyond, then ends with BrowseDone.
+#[tokio::test]
+async fn a_browser_finds_a_match_beyond_many_scans_of_non_matches() {
+    let b = Broker::start(BrokerConfig::embedded()).await.unwrap();
+    let q = queue("browse.deep");
+    let mut p = Raw::local(&b).await;
+    p.session(1, AckMode::Auto).await;
+    p.producer(1, 1, Some(&q)).await;
+    let skipped = 2 * tandem_broker::queue::BROWSE_SCAN_LIMIT as u64 + 10;
+    for i in 1..=skipped + 1 {
+        p.send_msg(1, i, text(&q, i, false)).await.unwrap();
+    }
+    let mut c = Raw::local(&b).await;
+    c.session(1, AckMode::Auto).await;
+    c.request(|request_id| {
+        wire::ConsumerOpen {
+            request_id,
+            session_id: 1,
+            consumer_id: 1,
+            destination: Some(q.to_wire()),
+            selector: format!("n = {}", skipped + 1),
+            prefetch: 10,
+            browser: true,
+            ..Default::default()
+        }
+        .into()
+    })
+    .await
+    .unwrap();
+    let d = c.deliver().await;
+    assert_eq!(n_of(&d), (skipped + 1) as i64);
+    loop {
+        match c.recv().await.expect("connection open") {
+            Frame::BrowseDone(done) => {
+                assert_eq!(done.consumer_id, 1);
+                break;
+            }
+            Frame::Deliver(d) => panic!("only one message matches, got {}", n_of(&d)),
+            _ => {}
+        }
+    }
+    b.shutdown().await;
+}
